@@ -28,6 +28,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
+_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+            (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 class BatchEncoding(dict):
@@ -207,7 +209,7 @@ class WordPieceTokenizer:
         each token came from ((0, 0) for special tokens and padding).
         """
         single = isinstance(text, str)
-        if single != (text_pair is None or isinstance(text_pair, str)):
+        if text_pair is not None and isinstance(text_pair, str) != single:
             raise TypeError("text and text_pair must both be strings or both be lists of strings")
         texts = [text] if single else list(text)
         pairs = None if text_pair is None else ([text_pair] if single else list(text_pair))
@@ -218,7 +220,14 @@ class WordPieceTokenizer:
 
         self._configure(padding, truncation, max_length)
         inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
-        encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        try:
+            encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        except Exception as e:
+            if "Truncation error" not in str(e):
+                raise
+            keep = "second" if truncation == "only_first" else "first"
+            raise ValueError(f"truncation={truncation!r} cannot fit max_length={max_length}: the {keep} text "
+                             "of a pair is too long on its own; use truncation='longest_first'") from e
 
         out = BatchEncoding(
             input_ids=[e.ids for e in encodings],
@@ -271,7 +280,12 @@ class WordPieceTokenizer:
         punctuation removed. Uncased vocabularies cannot restore the original capitalisation."""
         if torch.is_tensor(ids):
             ids = ids.tolist()
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        # The backend tidies spaces token by token; patterns that span tokens (" ' " in "king ' s")
+        # need one more pass over the whole string, the one BERT's original tokeniser does.
+        for spaced, joined in _CLEANUP:
+            text = text.replace(spaced, joined)
+        return text
 
     def batch_decode(self, batch: Iterable[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
                      ) -> list[str]:
@@ -291,12 +305,21 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, lowercase: boo
     The five BERT special tokens come first, so [PAD] = 0. The result is deterministic: the same
     texts give the same vocabulary.
     """
+    texts = list(texts)
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                 strip_accents=None, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The trainer creates the "##x" continuation characters in hash-map order, and their ids
+    # break ties between equally frequent merges, so two runs can learn different vocabularies
+    # (huggingface/tokenizers#1794). Registering them up front, sorted, fixes their ids.
+    continuing = set()
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            continuing.update(word[1:])
+    initial = list(SPECIAL_TOKENS) + ["##" + c for c in sorted(continuing)]
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##",
+                                        special_tokens=initial, continuing_subword_prefix="##",
                                         show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return WordPieceTokenizer(tok.get_vocab(with_added_tokens=True), lowercase=lowercase)
