@@ -16,13 +16,19 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Union
 
 import torch
 from torch import nn
 
-HookFn = Callable[[torch.Tensor, str], Union[torch.Tensor, None]]
-Names = Union[str, Iterable[str], Callable[[str], bool], None]
+HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+Names = str | Iterable[str] | Callable[[str], bool] | None
+
+
+class UnknownHookName(KeyError):
+    """A hook name or glob that matches no hook point. The message lists the closest valid names."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes, escaped
+        return str(self.args[0])
 
 
 class HookPoint(nn.Module):
@@ -44,13 +50,17 @@ class HookedMixin:
         return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
 
     def hook_names(self) -> list[str]:
-        """Every hook point's full name, in forward order."""
+        """Every hook point's full name, in module order (layer by layer, as printed by the model)."""
         return list(self.hook_points())
+
+    def active_hooks(self) -> list[str]:
+        """Names of the hook points that have something attached right now (empty after every with-block)."""
+        return [name for name, point in self.hook_points().items() if point.active]
 
     def resolve_hook_names(self, names: Names) -> list[str]:
         """Expand a glob, a list of globs or exact names, or a predicate into hook names.
 
-        A glob that matches nothing raises KeyError listing the closest valid names.
+        A glob that matches nothing raises UnknownHookName (a KeyError) listing the closest valid names.
         """
         valid = self.hook_names()
         if names is None:
@@ -62,9 +72,8 @@ class HookedMixin:
         for pattern in patterns:
             matched = [n for n in valid if fnmatch.fnmatchcase(n, pattern)]
             if not matched:
-                close = difflib.get_close_matches(pattern, valid, n=5, cutoff=0.5)
-                hint = ", ".join(close) if close else ", ".join(sorted({n.rsplit(".", 1)[-1] for n in valid}))
-                raise KeyError(f"no hook point matches {pattern!r}; closest valid names: {hint}")
+                hint = ", ".join(closest_names(pattern, valid))
+                raise UnknownHookName(f"no hook point matches {pattern!r}; closest valid names: {hint}")
             chosen += [n for n in matched if n not in chosen]
         return chosen
 
@@ -109,6 +118,15 @@ class HookedMixin:
         with self.hooks([(self.resolve_hook_names(names), store)]):
             out = self(*args, **kwargs)
         return out, cache
+
+
+def closest_names(pattern: str, valid: list[str], n: int = 5) -> list[str]:
+    """Full names that look like `pattern`; failing that, hook kinds (hook_probs, ...) like its last part."""
+    close = difflib.get_close_matches(pattern, valid, n=n, cutoff=0.6)
+    if close:
+        return close
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in valid})
+    return difflib.get_close_matches(pattern.rsplit(".", 1)[-1], kinds, n=n, cutoff=0.5) or kinds
 
 
 def _forward_hook(fn: HookFn, name: str):
