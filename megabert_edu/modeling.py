@@ -109,9 +109,11 @@ class MegatronBertSelfAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_attention_heads, self.attention_head_size).transpose(1, 2)  # (B, nh, T, hs)
 
-    def needs_explicit_path(self, output_attentions: bool, head_mask) -> bool:
+    def needs_explicit_path(self, output_attentions: bool, head_mask, device: torch.device) -> bool:
+        # PyTorch's fused CPU kernels have no dropout; their fallback is slower than the explicit path.
+        cpu_dropout = self.training and self.dropout.p > 0 and device.type == "cpu"
         return (output_attentions or head_mask is not None or self.position_embedding_type != "absolute"
-                or self.hook_scores.active or self.hook_probs.active)
+                or self.hook_scores.active or self.hook_probs.active or cpu_dropout)
 
     def forward(self, x, mask=None, head_mask=None, encoder_hidden_states=None, past: KV | None = None,
                 output_attentions: bool = False, query_offset: int = 0):
@@ -131,13 +133,14 @@ class MegatronBertSelfAttention(nn.Module):
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
 
         probs = None
-        if self.needs_explicit_path(output_attentions, head_mask):
+        if self.needs_explicit_path(output_attentions, head_mask, q.device):
+            # Dividing by sqrt(hs) keeps the logits' variance ~1 whatever the head size, so softmax does
+            # not saturate into one-hot maps with vanishing gradients. Scaling q (T*hs numbers) instead of
+            # the scores (T*S numbers) is the same maths on fewer numbers.
+            q = q * (1.0 / math.sqrt(self.attention_head_size))
             scores = q @ k.transpose(-1, -2)  # (B, nh, T, S)
             if self.position_embedding_type != "absolute":
                 scores = scores + self.relative_scores(q, k, query_offset)
-            # Dividing by sqrt(hs) keeps the logits' variance ~1 whatever the head size, so softmax
-            # does not saturate into one-hot maps with vanishing gradients.
-            scores = scores / math.sqrt(self.attention_head_size)
             if mask is not None:
                 scores = scores + mask
             probs = self.hook_probs(self.hook_scores(scores).softmax(dim=-1))  # (B, nh, T, S)
@@ -153,7 +156,10 @@ class MegatronBertSelfAttention(nn.Module):
         return z, probs, (k, v)
 
     def relative_scores(self, q: torch.Tensor, k: torch.Tensor, query_offset: int) -> torch.Tensor:
-        """Shaw et al. (2018) / Huang et al. (2020) relative-position terms, added before the 1/sqrt(hs) scale."""
+        """Shaw et al. (2018) / Huang et al. (2020) relative-position terms; q arrives already scaled.
+
+        The reference adds these terms before the 1/sqrt(hs) scale, so they are scaled too.
+        """
         T, S = q.shape[2], k.shape[2]
         query_pos = torch.arange(query_offset, query_offset + T, device=q.device).view(-1, 1)
         key_pos = torch.arange(S, device=q.device).view(1, -1)
@@ -161,7 +167,7 @@ class MegatronBertSelfAttention(nn.Module):
         r = self.distance_embedding(distance).to(q.dtype)  # (T, S, hs)
         scores = torch.einsum("bhtd,tsd->bhts", q, r)
         if self.position_embedding_type == "relative_key_query":
-            scores = scores + torch.einsum("bhsd,tsd->bhts", k, r)
+            scores = scores + torch.einsum("bhsd,tsd->bhts", k, r) / math.sqrt(self.attention_head_size)
         return scores
 
 

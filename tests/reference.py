@@ -30,7 +30,7 @@ def reference_config(config: megabert_edu.MegatronBertConfig):
 
 def reference_class(name: str, config: megabert_edu.MegatronBertConfig):
     if config.layer_norm_position == "post":
-        name = name.replace("MegatronBert", "Bert")
+        name = "BertLMHeadModel" if name == "MegatronBertForCausalLM" else name.replace("MegatronBert", "Bert")
     return getattr(transformers, name)
 
 

@@ -126,7 +126,8 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Non
 def _architecture_name(model: torch.nn.Module) -> str:
     name = type(model).__name__
     if model.config.layer_norm_position == "post":
-        return name.replace("MegatronBert", "Bert")  # post-LN checkpoints are saved in BERT layout
+        # post-LN checkpoints are saved in BERT layout, under BERT's class names
+        return "BertLMHeadModel" if name == "MegatronBertForCausalLM" else name.replace("MegatronBert", "Bert")
     return name
 
 
