@@ -315,8 +315,9 @@ def masked_metric(model: nn.Module, metric_fn: MetricFn, mask: torch.Tensor) -> 
 
 
 def iterative_pruning(model: nn.Module, batches: Sequence[Batch], metric_fn: MetricFn, *,
-                      threshold: float = 0.9, fraction: float = 0.1, loss_fn: LossFn = model_loss, normalize_layers: bool = True,
-                      global_minmax: bool = False, seed: int = 0, max_steps: int | None = None) -> PruningRun:
+                      threshold: float = 0.9, fraction: float = 0.1, loss_fn: LossFn = model_loss,
+                      normalize_layers: bool = True, global_minmax: bool = False, seed: int = 0,
+                      max_steps: int | None = None) -> PruningRun:
     """Mask the least important `fraction` of the remaining heads, re-score, repeat; stop before the
     metric falls below threshold * (metric of the unmasked model). Only masks: nothing is removed.
     """
