@@ -631,8 +631,8 @@ def load_tf_weights(model: torch.nn.Module, prefix: str | os.PathLike, strict: b
     return report
 
 
-def tf_config(prefix: str | os.PathLike, names: Iterable[str] | None = None) -> MegatronBertConfig:
-    """Config for a TF checkpoint, from the ``bert_config.json`` or ``config.json`` beside it.
+def tf_config(prefix: str | os.PathLike, config_path: str | os.PathLike | None = None) -> MegatronBertConfig:
+    """Config for a TF checkpoint: ``config_path``, else the bert_config.json or config.json beside it.
 
     Google's bert_config.json field names are ours. The LayerNorm names in the checkpoint decide
     ``layer_norm_position``: Google's ``LayerNorm`` means post-LN, Megatron's ``ln`` pre-LN.
@@ -641,15 +641,14 @@ def tf_config(prefix: str | os.PathLike, names: Iterable[str] | None = None) -> 
 
     prefix = resolve_tf_prefix(prefix)
     folder = os.path.dirname(prefix) or "."
-    candidates = [os.path.join(folder, n) for n in ("bert_config.json", "config.json")]
-    path = next((p for p in candidates if os.path.isfile(p)), None)
+    beside = [os.path.join(folder, n) for n in ("bert_config.json", "config.json")]
+    path = next((p for p in ([config_path] if config_path else beside) if os.path.isfile(p)), None)
     if path is None:
-        raise CheckpointError(
-            f"no bert_config.json or config.json beside {prefix}; pass config=MegatronBertConfig(...)"
-        )
+        wanted = config_path or f"bert_config.json or config.json beside {prefix}"
+        raise CheckpointError(f"config not found: {wanted} (pass a config)")
     with open(path) as f:
         fields = json.load(f)
-    names = list(names) if names is not None else [v.name for v in list_tf_variables(prefix)]
+    names = [v.name for v in list_tf_variables(prefix)]
     if any(re.match(r"bert/(embeddings|encoder/layer_\d+/(attention/)?output)/LayerNorm/", n) for n in names):
         fields["layer_norm_position"] = "post"
     elif any(re.match(r"bert/encoder/(layer_\d+/(attention/)?)?ln/", n) for n in names):
