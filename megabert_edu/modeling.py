@@ -70,11 +70,17 @@ class MegatronBertEmbeddings(nn.Module):
         self.absolute = config.position_embedding_type == "absolute"
         self.hook_out = HookPoint()
 
-    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None) -> torch.Tensor:
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                past_length: int = 0) -> torch.Tensor:
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
-        x = x + self.token_type_embeddings(token_type_ids)
+        # The defaults need no per-token lookup: segment 0 everywhere, positions past..past+T-1 in order.
+        # Adding one row (or a slice) broadcast over the batch gives the same numbers as the gather.
+        types = self.token_type_embeddings
+        x = x + (types.weight[0] if token_type_ids is None else types(token_type_ids))
         if self.absolute:  # relative models encode position inside attention instead
-            x = x + self.position_embeddings(position_ids)
+            T = x.shape[1]
+            positions = self.position_embeddings
+            x = x + (positions.weight[past_length:past_length + T] if position_ids is None else positions(position_ids))
         if self.LayerNorm is not None:
             x = self.LayerNorm(x)
         return self.hook_out(self.dropout(x))

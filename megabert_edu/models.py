@@ -134,10 +134,6 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
         B, T = check_tokens(cfg, input_ids, inputs_embeds)
         past = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # tokens already cached
         device = (input_ids if input_ids is not None else inputs_embeds).device
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)  # (1, T)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(B, T, dtype=torch.long, device=device)
         check_positions_and_types(cfg, position_ids, token_type_ids, B, T, past)
 
         mask = additive_attention_mask(attention_mask, B, T, past + T, cfg.is_decoder, self.dtype, device)
@@ -147,7 +143,7 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
                                                    False, self.dtype, device, name="encoder_attention_mask")
         head_mask = self.expand_head_mask(head_mask)
 
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past)  # (B, T, H)
         out = self.encoder(x, mask, head_mask, encoder_hidden_states, encoder_mask, past_key_values,
                            use_cache, output_attentions, output_hidden_states)
         pooled = self.pooler(out["last_hidden_state"]) if self.pooler is not None else None
@@ -195,9 +191,12 @@ def check_positions_and_types(cfg: MegatronBertConfig, position_ids, token_type_
     if past + T > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {past + T} (cached {past} + new {T}) is longer than "
                          f"max_position_embeddings={cfg.max_position_embeddings}")
-    if position_ids.shape[-1] != T or position_ids.numel() and int(position_ids.max()) >= cfg.max_position_embeddings:
+    if position_ids is not None and (position_ids.shape[-1] != T or position_ids.numel() and not
+                                     0 <= int(position_ids.min()) <= int(position_ids.max()) < cfg.max_position_embeddings):
         raise ValueError(f"position_ids must have {T} positions in [0, {cfg.max_position_embeddings}); "
                          f"got shape {tuple(position_ids.shape)}")
+    if token_type_ids is None:
+        return
     if tuple(token_type_ids.shape) != (B, T):
         raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} does not match input shape {(B, T)}")
     if token_type_ids.numel() and not 0 <= int(token_type_ids.min()) <= int(token_type_ids.max()) < cfg.type_vocab_size:
