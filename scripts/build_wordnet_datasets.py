@@ -46,8 +46,8 @@ LICENSE_OUT = OUT_DIR.parent / "WORDNET_LICENSE"
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SPLITS = ("train", "validation", "test")
 
-# How many multiple-choice questions to keep per split (four definitions each make them the
-# largest records, and a few thousand are plenty to fine-tune on in a classroom).
+# Multiple-choice questions per split: plenty to fine-tune on in a classroom; more would only
+# make the package bigger (each question stores four synset ids).
 CHOICE_SIZES = {"train": 20000, "validation": 2000, "test": 2000}
 
 
@@ -136,8 +136,13 @@ def assign_splits(synsets: list[dict], seed: int) -> None:
                 parent[find(i)] = find(first_owner[key])
             else:
                 first_owner[key] = i
+    # A group is named by its smallest synset id, so the result does not depend on file order.
+    group_name: dict[int, str] = {}
     for i, s in enumerate(synsets):
-        bucket = stable_hash(synsets[find(i)]["id"], seed) % 10
+        root = find(i)
+        group_name[root] = min(group_name.get(root, s["id"]), s["id"])
+    for i, s in enumerate(synsets):
+        bucket = stable_hash(group_name[find(i)], seed) % 10
         s["split"] = "train" if bucket < 8 else "validation" if bucket == 8 else "test"
 
 
@@ -171,15 +176,11 @@ def surface_forms(word: str, pos: str, exceptions: dict[str, dict[str, list[str]
 def find_word(sentence: str, forms: set[str]) -> tuple[int, int] | None:
     """The (start, end) character span of the one place a form occurs in `sentence` as a whole
     word, ignoring case; None if it does not occur or occurs at more than one place."""
-    spans = set()
-    for form in forms:
-        pattern = r"(?<![\w-])" + re.escape(form).replace(r"\ ", r"\s+") + r"(?![\w-])"
-        spans |= {m.span() for m in re.finditer(pattern, sentence, flags=re.IGNORECASE)}
-    # Overlapping matches ("bat" and "bats" can't both match one place, but a multiword form and
-    # a sub-word of it can) collapse to the longest; any other second match makes it ambiguous.
-    spans = sorted(spans, key=lambda sp: (sp[0], -sp[1]))
-    merged = [sp for k, sp in enumerate(spans) if k == 0 or sp[0] >= spans[k - 1][1]]
-    return merged[0] if len(merged) == 1 else None
+    # Longest forms first, so that "took a breath" wins over a shorter form at the same place.
+    longest_first = sorted(forms, key=lambda f: (-len(f), f))
+    pattern = "|".join(re.escape(f).replace(r"\ ", r"\s+") for f in longest_first)
+    spans = [m.span() for m in re.finditer(rf"(?<![\w-])(?:{pattern})(?![\w-])", sentence, re.IGNORECASE)]
+    return spans[0] if len(spans) == 1 else None
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -193,8 +194,11 @@ def definition_choice(synsets: list[dict], seed: int) -> list[dict]:
     """
     rng = random.Random(seed)
     pool = defaultdict(list)  # (split, pos) -> synsets
+    senses = defaultdict(set)  # word -> the definitions of all its senses
     for s in synsets:
         pool[s["split"], s["pos"]].append(s)
+        for w in s["words"]:
+            senses[w.lower()].add(s["definition"])
     records = []
     for split in SPLITS:
         candidates = [s for s in synsets if s["split"] == split]
@@ -203,9 +207,8 @@ def definition_choice(synsets: list[dict], seed: int) -> list[dict]:
             wrong: list[dict] = []
             while len(wrong) < 3:
                 other = rng.choice(pool[split, s["pos"]])
-                if word.lower() in (w.lower() for w in other["words"]):
-                    continue  # another sense of the same word would be a correct answer too
-                if other["definition"] not in [s["definition"]] + [w["definition"] for w in wrong]:
+                # Another sense of the same word would be a right answer too.
+                if other["definition"] not in senses[word.lower()] | {w["definition"] for w in wrong}:
                     wrong.append(other)
             label = rng.randrange(4)
             choices = [w["id"] for w in wrong[:label]] + [s["id"]] + [w["id"] for w in wrong[label:]]
@@ -273,6 +276,18 @@ def write_license(wordnet_dir: Path) -> None:
         "(https://wordnet.princeton.edu/), distributed under the following license.\n\n" + text)
 
 
+def build(wordnet_dir: Path, seed: int = 0) -> dict[str, list[dict]]:
+    """All bundled files' records, by file name (without .jsonl.xz)."""
+    synsets = read_synsets(wordnet_dir)
+    exceptions = read_exceptions(wordnet_dir)
+    assign_splits(synsets, seed)
+    # Store in a seeded random order so that `limit=N` in the loaders takes a random sample
+    # rather than, say, the first N nouns of WordNet's alphabetical-by-offset order.
+    synsets.sort(key=lambda s: stable_hash(s["id"], seed))
+    return {"synsets": synsets, "definition_choice": definition_choice(synsets, seed),
+            "word_span": word_span(synsets, exceptions), "next_sentence": next_sentence(synsets, seed)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,21 +297,12 @@ def main() -> None:
     if not (args.wordnet_dir / "data.noun").is_file():
         raise SystemExit(f"no WordNet data.noun in {args.wordnet_dir}; install it with "
                          "`apt-get install wordnet-base` or pass --wordnet-dir")
-
-    synsets = read_synsets(args.wordnet_dir)
-    exceptions = read_exceptions(args.wordnet_dir)
-    assign_splits(synsets, args.seed)
-    # Store in a seeded random order so that `limit=N` in the loaders takes a random sample
-    # rather than, say, the first N nouns of WordNet's alphabetical-by-offset order.
-    synsets.sort(key=lambda s: stable_hash(s["id"], args.seed))
-
+    files = build(args.wordnet_dir, args.seed)
     if OUT_DIR.exists():
         shutil.rmtree(OUT_DIR)
     OUT_DIR.mkdir(parents=True)
-    write_jsonl_xz(OUT_DIR / "synsets.jsonl.xz", synsets)
-    write_jsonl_xz(OUT_DIR / "definition_choice.jsonl.xz", definition_choice(synsets, args.seed))
-    write_jsonl_xz(OUT_DIR / "word_span.jsonl.xz", word_span(synsets, exceptions))
-    write_jsonl_xz(OUT_DIR / "next_sentence.jsonl.xz", next_sentence(synsets, args.seed))
+    for name, records in files.items():
+        write_jsonl_xz(OUT_DIR / f"{name}.jsonl.xz", records)
     write_license(args.wordnet_dir)
 
 

@@ -61,9 +61,12 @@ def encode_multiple_choice(records: Sequence[dict], tokenizer: WordPieceTokenize
 
 def _answer_tokens(offsets: list[tuple[int, int]], type_ids: list[int], start: int, end: int
                    ) -> tuple[int, int] | None:
-    """First and last token of the context (token type 1) whose characters lie in [start, end)."""
+    """First and last token of the context (token type 1) that overlap the characters [start, end).
+
+    (Overlap rather than containment, so an answer that ends inside a word, as some SQuAD answers
+    do, still gets the whole word.)"""
     inside = [i for i, ((a, b), t) in enumerate(zip(offsets, type_ids, strict=True))
-              if t == 1 and b > a and a >= start and b <= end]
+              if t == 1 and b > a and a < end and b > start]
     return (inside[0], inside[-1]) if inside else None
 
 
