@@ -148,9 +148,18 @@ def _crc32c_bitwise(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-@pytest.mark.parametrize("size", [0, 1, 4, 1023, 1024, 1025, 4097, 70_001])
+@pytest.mark.parametrize("size", [0, 1, 4, 1023, 16383, 16384, 16385, 70_001])
 def test_crc32c_matches_the_definition(size):
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert crc32c(data) == _crc32c_bitwise(data)
+
+
+def test_crc32c_across_lane_groups(monkeypatch):
+    """Big buffers are checksummed 8192 chunks at a time; make the groups tiny to cross many of them."""
+    from megabert_edu.checkpoints import tf
+
+    monkeypatch.setattr(tf, "_GROUP", 3)
+    data = np.random.default_rng(7).integers(0, 256, 40_000, dtype=np.uint8).tobytes()
     assert crc32c(data) == _crc32c_bitwise(data)
 
 
