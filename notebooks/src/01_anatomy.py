@@ -1,0 +1,441 @@
+# %% [markdown]
+# # 01 · Anatomy of Megatron-BERT
+#
+# Megatron-BERT is BERT with one change: the LayerNorm moved from *after* each residual add to the
+# *input* of each sub-layer (plus one final LayerNorm). NVIDIA made that move to train BERT at 345M
+# parameters and beyond. In this notebook we build the model one block at a time, run every block on a
+# toy tensor the moment it exists, and look at the shapes that come out (the d2l.ai way), then check
+# that the blocks, put together by hand, give exactly what `MegatronBertModel` gives.
+#
+# Shape vocabulary used everywhere in `megabert_edu`: **B** batch, **T** tokens, **nh** heads,
+# **hs** head size, **H** hidden size (= nh · hs), **I** intermediate (MLP) size, **V** vocabulary.
+#
+# Runs in a few seconds on a CPU.
+
+# %% [markdown]
+# ## Parameters
+#
+# The one cell to edit. `SCALE = "toy"` builds a model small enough to print; `"megatron-345m"` builds
+# the real NVIDIA size (24 layers, H = 1024, 16 heads, 335M parameters) so you can see the true shapes
+# and parameter counts (about a minute and 4 GB of RAM on a CPU; everything here is a forward pass on a
+# few tokens, so a GPU buys nothing in this notebook). nbval compares the marked outputs of the default.
+
+# %%
+import torch
+
+SCALE = "toy"  # or "megatron-345m"
+SEED = 0
+
+# %%
+import inspect
+import math
+
+import torch.nn.functional as F
+
+from megabert_edu import (
+    MegatronBertConfig,
+    MegatronBertForCausalLM,
+    MegatronBertForMaskedLM,
+    MegatronBertForMultipleChoice,
+    MegatronBertForNextSentencePrediction,
+    MegatronBertForPreTraining,
+    MegatronBertForQuestionAnswering,
+    MegatronBertForSequenceClassification,
+    MegatronBertForTokenClassification,
+    MegatronBertModel,
+)
+from megabert_edu.modeling import (
+    MegatronBertAttention,
+    MegatronBertEmbeddings,
+    MegatronBertEncoder,
+    MegatronBertIntermediate,
+    MegatronBertLayer,
+    MegatronBertOutput,
+    MegatronBertPooler,
+    MegatronBertSelfAttention,
+)
+from megabert_edu.models import additive_attention_mask
+
+torch.manual_seed(SEED)
+torch.set_num_threads(2)
+torch.set_grad_enabled(False)  # we only look at forward passes here
+
+SIZES = {
+    "toy": dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=256, max_position_embeddings=32),
+    "megatron-345m": dict(vocab_size=29056, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096, max_position_embeddings=512),
+}
+cfg = MegatronBertConfig(**SIZES[SCALE])
+B, T, H, nh, hs, I = 2, 6, cfg.hidden_size, cfg.num_attention_heads, cfg.head_size, cfg.intermediate_size
+print(f"{SCALE}: H={H}, nh={nh}, hs={hs}, I={I}, layers={cfg.num_hidden_layers}, "
+      f"layer_norm_position={cfg.layer_norm_position!r}")
+
+# %% [markdown]
+# ## The config
+#
+# `MegatronBertConfig` has every field of HuggingFace's `MegatronBertConfig`, with the same defaults
+# (so a `config.json` from the Hub reads unchanged), plus one of our own: `layer_norm_position`,
+# `"pre"` for Megatron and `"post"` for the original BERT. The defaults are the 345M model.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+default = MegatronBertConfig()
+print({k: getattr(default, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                         "intermediate_size", "max_position_embeddings", "layer_norm_position")})
+print("head size:", default.head_size)
+
+# %% [markdown]
+# ## 1. Embeddings
+#
+# A token becomes a vector by adding three learned vectors: one for the word, one for its position,
+# one for its segment (sentence A or B). Original BERT then applies a LayerNorm; Megatron does not,
+# because every layer normalises its own input. The raw sum *is* the start of the residual stream.
+
+# %%
+emb = MegatronBertEmbeddings(cfg).eval()
+input_ids = torch.randint(1, cfg.vocab_size, (B, T))
+token_type_ids = torch.tensor([[0, 0, 0, 1, 1, 1]] * B)
+position_ids = torch.arange(T).unsqueeze(0)  # (1, T), broadcast over the batch
+x = emb(input_ids, token_type_ids, position_ids)
+by_hand = (emb.word_embeddings(input_ids) + emb.token_type_embeddings(token_type_ids)
+           + emb.position_embeddings(position_ids))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("input_ids", tuple(input_ids.shape), "-> embeddings", tuple(x.shape))
+print("word + position + segment, no LayerNorm:", torch.equal(x, by_hand))
+print("LayerNorm in the embeddings:", emb.LayerNorm)
+
+# %% [markdown]
+# ## 2. Self-attention
+#
+# Each head projects every token to a query, a key and a value of size hs, scores every query against
+# every key, turns each row of scores into weights with a softmax, and averages the values with those
+# weights:
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{h_s}}\right)V$$
+#
+# `MegatronBertSelfAttention` returns the per-head outputs concatenated back to (B, T, H), the
+# attention map (only if asked for) and the keys/values (the KV cache of a decoder).
+
+# %%
+attn = MegatronBertSelfAttention(cfg).eval()
+z, probs, (k, v) = attn(x, output_attentions=True)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("x     ", tuple(x.shape), "  (B, T, H)")
+print("z     ", tuple(z.shape), "  (B, T, H): nh heads of size hs, side by side")
+print("probs ", tuple(probs.shape), "(B, nh, T, T): one T x T map per head")
+print("k, v  ", tuple(k.shape), "(B, nh, T, hs)")
+print("every row of every map sums to 1:", torch.allclose(probs.sum(-1), torch.ones(B, nh, T)))
+
+# %% [markdown]
+# The same computation written out by hand, with the module's own weights. `split_heads` is the one
+# reshape that matters: (B, T, H) -> (B, T, nh, hs) -> (B, nh, T, hs), so that the heads become a batch
+# dimension and one matrix multiply serves all of them.
+
+# %%
+def split_heads(t):
+    return t.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+
+
+q_, k_, v_ = split_heads(attn.query(x)), split_heads(attn.key(x)), split_heads(attn.value(x))
+scores = q_ @ k_.transpose(-1, -2) / math.sqrt(hs)  # (B, nh, T, T)
+p_ = scores.softmax(dim=-1)
+z_ = (p_ @ v_).transpose(1, 2).reshape(B, T, H)  # (B, nh, T, hs) -> (B, T, nh*hs)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("by hand == module:", torch.allclose(z_, z, atol=1e-6), torch.allclose(p_, probs, atol=1e-6))
+
+# %% [markdown]
+# **Two paths, same numbers.** When nobody needs the attention map, the module calls PyTorch's fused
+# `scaled_dot_product_attention` (FlashAttention-style kernels on a GPU) and never materialises the
+# T x T maps. Asking for the maps (`output_attentions=True`, a `head_mask`, or a hook on `hook_probs`)
+# switches that call to the explicit path you just wrote by hand.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+z_fast, probs_fast, _ = attn(x)
+print("fast path returns no map:", probs_fast is None, "| same output:", torch.allclose(z_fast, z, atol=1e-6))
+
+# %% [markdown]
+# **Why divide by √hs?** If q and k have unit-variance entries, q·k is a sum of hs such products, so its
+# standard deviation is √hs. Large scores push the softmax towards one-hot rows, whose gradient is almost
+# zero. Dividing by √hs keeps the scores at unit scale whatever the head size.
+
+# %%
+for d in (16, 64, 256):
+    qq, kk = torch.randn(1000, d), torch.randn(1000, 12, d)
+    raw = torch.einsum("nd,ntd->nt", qq, kk)
+    print(f"hs={d:3d}: std(q.k) = {raw.std():5.1f} (sqrt(hs) = {math.sqrt(d):4.1f}); mean largest weight "
+          f"{raw.softmax(-1).max(-1).values.mean():.2f} unscaled vs "
+          f"{(raw / math.sqrt(d)).softmax(-1).max(-1).values.mean():.2f} scaled")
+
+# %% [markdown]
+# **Padding.** A batch of sentences of different lengths is padded to the same T; the padding must not
+# be attended to. The model turns the 1/0 `attention_mask` into an *additive* mask: 0 where a key may be
+# seen, the most negative float where it may not, so its softmax weight becomes exactly 0.
+
+# %%
+attention_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])  # sentence 0 has 2 padding tokens
+mask = additive_attention_mask(attention_mask, B, T, T, causal=False, dtype=torch.float32, device="cpu")
+_, probs_masked, _ = attn(x, mask=mask, output_attentions=True)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("additive mask", tuple(mask.shape), "(B, 1, 1, T), broadcast over heads and queries")
+print("weight on the padding keys of sentence 0:", probs_masked[0, :, :, 4:].abs().max().item())
+
+# %% [markdown]
+# ## 3. The attention block: where Megatron moved the LayerNorm
+#
+# Around the attention sits the output projection and the residual connection. This is the whole
+# difference between Megatron-BERT and BERT, in two lines:
+#
+#     pre-LN  (Megatron):  x = x + sublayer(LN(x))
+#     post-LN (BERT):      x = LN(x + sublayer(x))
+#
+# In pre-LN the residual stream x is never normalised: each sub-layer reads a normalised *copy* and adds
+# its result back. The gradient flows along the un-normalised sum unchanged, which is why pre-LN trains
+# deep stacks without warm-up tricks (notebook 04 measures this). Here is the library's code; both
+# layouts live in the same `forward`:
+
+# %%
+print(inspect.getsource(MegatronBertAttention.forward))
+
+# %%
+block = MegatronBertAttention(cfg).eval()
+out, _, _ = block(x)
+by_hand = x + block.output(block.self(block.ln(x))[0])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("block", tuple(x.shape), "->", tuple(out.shape), "| x + attn(LN(x)):", torch.allclose(out, by_hand, atol=1e-6))
+
+# %% [markdown]
+# ## 4. The MLP (feed-forward) block
+#
+# Two linear maps with a GELU between, applied to every token independently: H -> I -> H, with I = 4H.
+# Most of a transformer's parameters live here.
+
+# %%
+intermediate, output = MegatronBertIntermediate(cfg).eval(), MegatronBertOutput(cfg).eval()
+h = intermediate(x)
+y = output(h)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("x", tuple(x.shape), "-> intermediate", tuple(h.shape), "-> output", tuple(y.shape))
+print("activation:", cfg.hidden_act, "| exact erf GELU:", torch.allclose(h, F.gelu(intermediate.dense(x))))
+
+# %% [markdown]
+# ## 5. One layer = attention block + MLP block
+#
+# $$a = x + \mathrm{Attn}(\mathrm{LN}_1(x)), \qquad y = a + \mathrm{MLP}(\mathrm{LN}_2(a))$$
+
+# %%
+layer = MegatronBertLayer(cfg).eval()
+y, layer_probs, _, _ = layer(x)
+a = layer.attention(x)[0]
+by_hand = a + layer.output(layer.intermediate(layer.ln(a)))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("layer", tuple(x.shape), "->", tuple(y.shape), "| a + MLP(LN(a)):", torch.allclose(y, by_hand, atol=1e-6))
+
+# %% [markdown]
+# ## 6. The encoder: L layers, then one final LayerNorm
+#
+# Because no layer normalises its *output* in pre-LN, the stream leaving the last layer is a raw sum;
+# Megatron adds one LayerNorm at the very end (`encoder.ln`). `output_hidden_states=True` returns L + 1
+# tensors, like HuggingFace's: the embeddings, the raw stream after layers 0 … L-2, and the final-LN
+# output (so `hidden_states[-1] == last_hidden_state`).
+
+# %%
+encoder = MegatronBertEncoder(cfg).eval()
+enc_out = encoder(x, output_hidden_states=True, output_attentions=True)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("keys:", [k for k, v in enc_out.items() if v is not None])
+print("last_hidden_state", tuple(enc_out["last_hidden_state"].shape))
+print("hidden_states:", len(enc_out["hidden_states"]), "tensors; attentions:", len(enc_out["attentions"]), "maps")
+print("hidden_states[-1] is the final-LN output:", torch.equal(enc_out["hidden_states"][-1], enc_out["last_hidden_state"]))
+
+# %% [markdown]
+# ## 7. The pooler
+#
+# A sentence vector for next-sentence prediction and sequence classification:
+# tanh(dense(h[CLS])), from the first token's final hidden state.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pooler = MegatronBertPooler(cfg).eval()
+pooled = pooler(enc_out["last_hidden_state"])
+print("last_hidden_state", tuple(enc_out["last_hidden_state"].shape), "-> pooled", tuple(pooled.shape), "(B, H)")
+
+# %% [markdown]
+# ## 8. The whole model, and a check that we understood it
+#
+# `MegatronBertModel` = embeddings -> encoder -> pooler. We run its own sub-modules one after another by
+# hand and compare with a single call of the model.
+
+# %%
+model = MegatronBertModel(cfg).eval()
+full = model(input_ids, token_type_ids=token_type_ids)
+h0 = model.embeddings(input_ids, token_type_ids, position_ids)
+h_last = model.encoder(h0)["last_hidden_state"]
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("model output fields:", full.keys())
+print("embeddings -> encoder == model:", torch.equal(h_last, full.last_hidden_state))
+print("pooler(encoder)     == model:", torch.equal(model.pooler(h_last), full.pooler_output))
+
+# %% [markdown]
+# Where the parameters are. At the real 345M size the MLPs hold two thirds of the weights; the word
+# embeddings (29,056 x 1024) most of the rest.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+first = model.encoder.layer[0]
+rows = [("embeddings", count(model.embeddings)),
+        ("  per layer: attention (LN, Q, K, V, out)", count(first.attention)),
+        ("  per layer: MLP (LN, H->I, I->H)", count(first.ln) + count(first.intermediate) + count(first.output)),
+        (f"encoder ({cfg.num_hidden_layers} layers + final LN)", count(model.encoder)),
+        ("pooler", count(model.pooler)),
+        ("total", model.num_parameters())]
+for name, n in rows:
+    print(f"{name:<42}{n:>13,}")
+
+# %% [markdown]
+# ## 9. Task heads
+#
+# Eight task models wrap the same `bert` body with a small head, and keep HuggingFace's class names and
+# output field names so you can read both side by side. The masked-LM decoder *is* the word-embedding
+# matrix (weight tying): the model scores a word by the dot product of the hidden state with that word's
+# own input embedding.
+
+# %%
+heads_cfg = cfg.copy(num_labels=3)
+C = 4  # choices, for multiple choice
+examples = [
+    (MegatronBertForPreTraining, dict(input_ids=input_ids)),
+    (MegatronBertForMaskedLM, dict(input_ids=input_ids)),
+    (MegatronBertForCausalLM, dict(input_ids=input_ids)),
+    (MegatronBertForNextSentencePrediction, dict(input_ids=input_ids, token_type_ids=token_type_ids)),
+    (MegatronBertForSequenceClassification, dict(input_ids=input_ids)),
+    (MegatronBertForTokenClassification, dict(input_ids=input_ids)),
+    (MegatronBertForQuestionAnswering, dict(input_ids=input_ids)),
+    (MegatronBertForMultipleChoice, dict(input_ids=input_ids[:, None].expand(B, C, T))),  # (B, C, T)
+]
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for cls, inputs in examples:
+    options = dict(is_decoder=True) if cls is MegatronBertForCausalLM else {}
+    if cls is MegatronBertForQuestionAnswering:
+        options = dict(num_labels=2)  # a start and an end logit per token
+    task_model = cls(heads_cfg.copy(**options)).eval()
+    out = task_model(**inputs)
+    fields = ", ".join(f"{k} {tuple(getattr(out, k).shape)}" for k in out.keys() if k != "past_key_values")
+    print(f"{cls.__name__:<40}{tuple(inputs['input_ids'].shape)!s:<14}-> {fields}")
+    if cls is MegatronBertForMaskedLM:
+        tied = task_model.cls.predictions.decoder.weight is task_model.bert.embeddings.word_embeddings.weight
+    del task_model  # one at a time: at the 345M size each is 1.3 GB
+print("MLM decoder weight is the word-embedding matrix:", tied)
+
+# %% [markdown]
+# ## 10. Pre-LN vs post-LN in the state dict
+#
+# `layer_norm_position="post"` builds the original BERT in the same code, so Google's BERT checkpoints
+# (and all-MiniLM-L6-v2, which notebooks 03–05 use) load too. The two layouts differ only in where the
+# LayerNorms are, and so only in their names:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+post = MegatronBertModel(cfg.copy(layer_norm_position="post"))
+pre_keys, post_keys = set(model.state_dict()), set(post.state_dict())
+print("(layer 0 shown; every layer is the same)")
+print("only in pre-LN (Megatron):", *sorted(k for k in pre_keys - post_keys if "layer.1" not in k), sep="\n  ")
+print("only in post-LN (BERT):   ", *sorted(k for k in post_keys - pre_keys if "layer.1" not in k), sep="\n  ")
+print("shared:", len(pre_keys & post_keys), "tensors")
+
+# %% [markdown]
+# ## 11. Hook points: a name for every activation
+#
+# Every interesting activation passes through an identity module called `hook_*`. Its name is its
+# module path, so the list of names is the model's structure. Hooks add nothing to the state dict and
+# cost nothing when unused.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+names = model.hook_names()
+print(len(names), "hook points; layer 0 has:")
+for n in names:
+    if n.startswith(("embeddings", "encoder.layer.0.", "encoder.hook")):
+        print("  ", n)
+
+# %% [markdown]
+# `run_with_cache` runs the model once and keeps only the activations you name (a glob, a list, or a
+# predicate), detached:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+_, cache = model.run_with_cache(input_ids, names=["*.hook_probs", "encoder.layer.0.attention.self.hook_z",
+                                                  "encoder.layer.1.hook_out"])
+for name, t in cache.items():
+    print(f"{name:<45}{tuple(t.shape)}")
+
+# %% [markdown]
+# `run_with_hooks` lets a function read *or replace* an activation. Zeroing one head's output at
+# `hook_z` is exactly what HuggingFace's `head_mask` does (notebook 05 builds pruning on this). Hooks are
+# removed when the call returns, even after an error, so nothing leaks into the next forward pass.
+
+# %%
+def zero_head_2(z, name):  # z: (B, nh, T, hs)
+    z = z.clone()
+    z[:, 2] = 0
+    return z
+
+
+hooked = model.run_with_hooks(input_ids, fwd_hooks=[("encoder.layer.1.attention.self.hook_z", zero_head_2)])
+head_mask = torch.ones(cfg.num_hidden_layers, nh)
+head_mask[1, 2] = 0
+masked = model(input_ids, head_mask=head_mask)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("hook == head_mask:", torch.allclose(hooked.last_hidden_state, masked.last_hidden_state, atol=1e-6))
+print("output changed:", not torch.allclose(hooked.last_hidden_state, full.last_hidden_state))
+print("hooks left behind:", model.active_hooks())
+
+# %% [markdown]
+# ## 12. Mistakes get a clear error
+#
+# A wrong input fails at the door with a message naming the problem, not deep inside an `nn.Embedding`
+# with an index error (or, worse, on a GPU, with a silent wrong answer).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for bad in (dict(input_ids=torch.tensor([[1, 2, cfg.vocab_size]])),
+            dict(input_ids=torch.ones(1, cfg.max_position_embeddings + 1, dtype=torch.long)),
+            dict(input_ids=input_ids, attention_mask=torch.ones(B, T + 1))):
+    try:
+        model(**bad)
+    except (ValueError, TypeError) as e:
+        print(type(e).__name__ + ":", e)
+
+# %% [markdown]
+# ## What's next
+#
+# * **02** loads real checkpoints: TensorFlow (without TensorFlow), HuggingFace and Megatron-LM.
+# * **03** looks at the attention maps of a real pretrained model.
+# * **04** measures what the LayerNorm move does to the residual stream.
