@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from reference import assert_close, assert_outputs_match, legacy, make_pair, tiny_config
+from reference import assert_close, assert_outputs_match, legacy, make_pair, reference_config, tiny_config
 
 import megabert_edu
 
@@ -275,3 +275,13 @@ def test_weight_init_follows_reference_rules():
     assert torch.all(model.cls.predictions.bias == 0)
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     assert model.bert.embeddings.word_embeddings.weight[0].abs().sum() > 0  # Megatron keeps the padding row
+
+
+def test_pytorch_model_bin_directory_loads(tmp_path):
+    ref = transformers.MegatronBertForMaskedLM(reference_config(tiny_config())).eval()
+    ref.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
+    ours = megabert_edu.MegatronBertForMaskedLM.from_pretrained(tmp_path).eval()
+    a, b = run_both(ours, ref, **inputs("x"))
+    assert_outputs_match(a, b)
+
