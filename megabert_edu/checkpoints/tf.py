@@ -1,6 +1,7 @@
 """TensorFlow checkpoints without TensorFlow: read and write the tensor-bundle format, load BERT weights.
 
-A TF2 checkpoint ``model.ckpt`` is a *tensor bundle*, two kinds of file beside each other:
+A TensorFlow checkpoint ``model.ckpt`` (the "V2" format: Google's BERT releases, tf.train.Saver,
+tf.train.Checkpoint) is a *tensor bundle*, two kinds of file beside each other:
 
     model.ckpt.index                  a sorted key -> value table (LevelDB's SSTable format).
                                       Key ""  -> BundleHeaderProto (number of shards, byte order)
@@ -94,14 +95,10 @@ def crc32c(data: bytes | bytearray | memoryview | np.ndarray) -> int:
     for g in range(0, len(words), _GROUP):
         rows = words[g : g + _GROUP].T.copy()  # (words per chunk, lanes): one row per word position
         s = np.zeros(rows.shape[1], np.uint32)
+        t0, t1, t2, t3 = _SLICE
         for w in rows:
-            s ^= w
-            s = (
-                _SLICE[3][s & 0xFF]
-                ^ _SLICE[2][(s >> 8) & 0xFF]
-                ^ _SLICE[1][(s >> 16) & 0xFF]
-                ^ _SLICE[0][s >> 24]
-            )
+            s ^= w  # the word's first byte (lowest bits) has the most bytes still to go: table 3
+            s = t3[s & 0xFF] ^ t2[(s >> 8) & 0xFF] ^ t1[(s >> 16) & 0xFF] ^ t0[s >> 24]
         crcs[count - len(words) + g :][: len(s)] = s
     op = _CHUNK_SHIFT  # fold neighbours pairwise; the zero-shift doubles at each level
     while crcs.size > 1:
@@ -252,7 +249,8 @@ def _read_index(prefix: str) -> tuple[int, dict[str, _Entry]]:
     """Parse ``prefix.index``: the number of data shards and every tensor's entry."""
     path = prefix + ".index"
     if not os.path.isfile(path):
-        raise CheckpointError(f"no TensorFlow checkpoint at {prefix!r}: {path} does not exist")
+        old = " (a single-file V1 checkpoint? those are not supported)" if os.path.isfile(prefix) else ""
+        raise CheckpointError(f"no TensorFlow checkpoint at {prefix!r}: {path} does not exist{old}")
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
@@ -273,7 +271,7 @@ def _read_index(prefix: str) -> tuple[int, dict[str, _Entry]]:
                 name = key.decode("utf-8")
                 entries[name] = _parse_entry(name, value)
     if num_shards is None:
-        raise CheckpointError(f"{path} has no bundle header: not a TF2 tensor-bundle checkpoint")
+        raise CheckpointError(f"{path} has no bundle header: not a tensor-bundle checkpoint")
     return num_shards, entries
 
 
@@ -290,7 +288,7 @@ def resolve_tf_prefix(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     path = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", path)
     if os.path.isdir(path):
-        state = os.path.join(path, "checkpoint")  # tf.train.Checkpoint's "latest" pointer file
+        state = os.path.join(path, "checkpoint")  # TensorFlow's "latest checkpoint" pointer file
         if os.path.isfile(state):
             with open(state) as f:
                 m = re.search(r'^model_checkpoint_path:\s*"(.*)"', f.read(), re.M)
