@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "notebooks" / "src"
 NOTEBOOKS = ROOT / "notebooks"
 CELL = re.compile(r"^# %%(.*)$")
+MAGIC = re.compile(r"^# (%[a-z]\w*.*)$")  # jupytext writes IPython magics commented out: "# %matplotlib inline"
 
 
 def parse_percent(text: str) -> list[tuple[str, str]]:
@@ -47,6 +48,8 @@ def parse_percent(text: str) -> list[tuple[str, str]]:
         if m:
             cells.append(("markdown" if "[markdown]" in m.group(1) else "code", []))
         elif cells:
+            if cells[-1][0] == "code" and MAGIC.match(line):
+                line = MAGIC.match(line).group(1)
             cells[-1][1].append(line)
         elif line.strip() and not line.startswith("#"):
             raise ValueError(f"code before the first '# %%' marker: {line!r}")
