@@ -218,6 +218,11 @@ class WordPieceTokenizer:
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
 
+        n_special = (3 if pairs else 2) if add_special_tokens else 0
+        if truncation and max_length is not None and max_length < n_special:
+            # The backend would silently return the sequences untruncated; say so instead.
+            raise ValueError(f"max_length={max_length} leaves no room for the {n_special} special tokens")
+
         self._configure(padding, truncation, max_length)
         inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
         try:
@@ -226,8 +231,8 @@ class WordPieceTokenizer:
             if "Truncation error" not in str(e):
                 raise
             keep = "second" if truncation == "only_first" else "first"
-            raise ValueError(f"truncation={truncation!r} cannot fit max_length={max_length}: the {keep} text "
-                             "of a pair is too long on its own; use truncation='longest_first'") from e
+            raise ValueError(f"truncation={truncation!r} cannot fit max_length={max_length}: the "
+                             f"{keep} text of a pair is too long on its own; use 'longest_first'") from e
 
         out = BatchEncoding(
             input_ids=[e.ids for e in encodings],
@@ -280,6 +285,9 @@ class WordPieceTokenizer:
         punctuation removed. Uncased vocabularies cannot restore the original capitalisation."""
         if torch.is_tensor(ids):
             ids = ids.tolist()
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are out of range for a vocabulary of {self.vocab_size}")
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
         # The backend tidies spaces token by token; patterns that span tokens (" ' " in "king ' s")
         # need one more pass over the whole string, the one BERT's original tokeniser does.

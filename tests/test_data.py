@@ -213,6 +213,13 @@ def test_classification_and_nsp_encoders_give_model_ready_tensors(tokenizer):
     assert pairs["input_ids"].shape[1] <= 32 and (pairs["token_type_ids"].sum(1) > 0).all()
 
 
+def test_encoders_reject_empty_or_wrong_records(tokenizer):
+    with pytest.raises(ValueError, match="no records"):
+        encode_classification([], tokenizer)
+    with pytest.raises(ValueError, match="records need a 'question' field"):
+        encode_qa(load_wordnet("supersense", limit=2), tokenizer)
+
+
 def test_multiple_choice_encoder_shapes_and_pairs(tokenizer):
     records = load_wordnet("definition_choice", limit=8)
     enc = encode_multiple_choice(records, tokenizer)

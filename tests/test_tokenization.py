@@ -178,5 +178,9 @@ def test_bad_vocab_and_bad_arguments_raise_clear_errors(tmp_path, ours):
         ours("a", truncation="middle")
     with pytest.raises(ValueError, match="the first text of a pair is too long"):
         ours("a b c d e f g h", "x", truncation="only_second", max_length=6)
+    with pytest.raises(ValueError, match="no room for the 3 special tokens"):
+        ours("a b c", "d e f", truncation=True, max_length=2)
     with pytest.raises(ValueError, match="out of range"):
         ours.convert_ids_to_tokens([ours.vocab_size])
+    with pytest.raises(ValueError, match=r"token ids \[-1, 30522\] are out of range"):
+        ours.decode([101, -1, 30522])

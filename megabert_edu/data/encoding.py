@@ -24,6 +24,15 @@ BIO_LABELS = ("O", "B", "I")
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips: special tokens, padding, the question
 
 
+def _check(records: Sequence[dict], *keys: str) -> None:
+    """Fail early, naming the problem, on an empty list or records of another task."""
+    if not records:
+        raise ValueError("no records to encode")
+    if not any(k in records[0] for k in keys):
+        wanted = " or ".join(repr(k) for k in keys)
+        raise ValueError(f"records need a {wanted} field; got {sorted(records[0])}")
+
+
 def encode_classification(records: Sequence[dict], tokenizer: WordPieceTokenizer, max_length: int = 64
                           ) -> BatchEncoding:
     """Single texts (records with "text") or pairs ("text_a", "text_b") with a "label" each.
@@ -31,6 +40,7 @@ def encode_classification(records: Sequence[dict], tokenizer: WordPieceTokenizer
     Works for supersense (sequence classification) and next_sentence (NSP: pass the result to
     MegatronBertForNextSentencePrediction, whose `labels` are 0 = is next, 1 = random).
     """
+    _check(records, "text", "text_a")
     if "text" in records[0]:
         enc = tokenizer([r["text"] for r in records], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
@@ -49,6 +59,7 @@ def encode_multiple_choice(records: Sequence[dict], tokenizer: WordPieceTokenize
     Each choice is encoded as the pair (word, definition); the model scores the pairs one by one
     and a softmax over the choices picks the answer.
     """
+    _check(records, "choices")
     n_choices = len(records[0]["choices"])
     words = [r["word"] for r in records for _ in r["choices"]]
     choices = [c for r in records for c in r["choices"]]
@@ -80,6 +91,7 @@ def encode_qa(records: Sequence[dict], tokenizer: WordPieceTokenizer, max_length
     points at [CLS] (position 0), as in SQuAD 2.0-style training. Ask for the offsets to map
     predicted token spans back to text (pop them before calling the model).
     """
+    _check(records, "question")
     enc = tokenizer([r["question"] for r in records], [r["context"] for r in records], padding=True,
                     truncation="only_second", max_length=max_length, return_offsets_mapping=True)
     starts, ends = [], []
