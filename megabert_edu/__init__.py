@@ -1,7 +1,10 @@
 """megabert_edu: a readable PyTorch Megatron-BERT for learning, inspecting and experimenting."""
 
 from .checkpoints import CheckpointError, LoadReport
+from .checkpoints.megatron_lm import convert_megatron_lm_checkpoint
+from .checkpoints.tf import list_tf_variables, load_tf_weights, read_tf_checkpoint, write_tf_checkpoint
 from .config import MegatronBertConfig
+from .generation import fill_mask, generate, sample_mlm
 from .hooks import HookPoint
 from .models import (
     MegatronBertForCausalLM,
@@ -15,6 +18,7 @@ from .models import (
     MegatronBertModel,
     MegatronBertPreTrainedModel,
 )
+from .tokenization import WordPieceTokenizer, train_wordpiece
 
 __version__ = "0.1.0"
 
@@ -22,5 +26,7 @@ __all__ = [
     "CheckpointError", "HookPoint", "LoadReport", "MegatronBertConfig", "MegatronBertForCausalLM",
     "MegatronBertForMaskedLM", "MegatronBertForMultipleChoice", "MegatronBertForNextSentencePrediction",
     "MegatronBertForPreTraining", "MegatronBertForQuestionAnswering", "MegatronBertForSequenceClassification",
-    "MegatronBertForTokenClassification", "MegatronBertModel", "MegatronBertPreTrainedModel",
+    "MegatronBertForTokenClassification", "MegatronBertModel", "MegatronBertPreTrainedModel", "WordPieceTokenizer",
+    "convert_megatron_lm_checkpoint", "fill_mask", "generate", "list_tf_variables", "load_tf_weights",
+    "read_tf_checkpoint", "sample_mlm", "train_wordpiece", "write_tf_checkpoint",
 ]
