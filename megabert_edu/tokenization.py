@@ -207,6 +207,9 @@ class WordPieceTokenizer:
         Returns a BatchEncoding with input_ids, token_type_ids, attention_mask (1 = real token,
         0 = padding) and, if asked, offset_mapping: (start, end) character spans into the text
         each token came from ((0, 0) for special tokens and padding).
+
+        One deliberate difference from BertTokenizerFast: a single pair whose second text is ""
+        still encodes as a pair, [CLS] A [SEP] [SEP] (HF silently drops it; in batches it doesn't).
         """
         single = isinstance(text, str)
         if text_pair is not None and isinstance(text_pair, str) != single:

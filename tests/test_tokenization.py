@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import BertTokenizerFast
 
 from megabert_edu.data import load_wordnet
@@ -70,6 +72,16 @@ def test_pairs_with_truncation_and_padding_match(ours, oracle, padding, truncati
         assert len(keep) > 1000
     kwargs = dict(padding=padding, truncation=truncation, max_length=max_length, return_offsets_mapping=True)
     assert_same(ours(first, second, **kwargs), oracle(first, second, **kwargs),
+                keys=("input_ids", "token_type_ids", "attention_mask", "offset_mapping"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
+def test_arbitrary_unicode_matches(ours, oracle, a, b):
+    # Batched: unbatched, BertTokenizerFast drops an empty second text ("" -> no pair at all),
+    # while we keep it ([CLS] a [SEP] [SEP]), as both libraries do for batches.
+    kwargs = dict(truncation=True, max_length=24, return_offsets_mapping=True)
+    assert_same(ours([a, b], [b, a], **kwargs), oracle([a, b], [b, a], **kwargs),
                 keys=("input_ids", "token_type_ids", "attention_mask", "offset_mapping"))
 
 
