@@ -38,6 +38,27 @@ def test_hook_names_cover_the_design_and_add_nothing_to_the_state_dict():
     assert all(name.startswith("bert.") for name in task.hook_names())
 
 
+def test_plain_module_hooks_still_work_on_hook_points():
+    """An idle HookPoint skips nn.Module's call machinery; anything attached the usual way re-enables it."""
+    model = megabert_edu.MegatronBertModel(tiny_config()).eval()
+    ids, _ = inputs()
+    point = model.embeddings.hook_out
+    doubled = model.run_with_hooks(ids, fwd_hooks=[("embeddings.hook_out", lambda x, n: 2 * x)])
+    doubled = doubled.last_hidden_state
+    handle = point.register_forward_pre_hook(lambda module, args: (2 * args[0],))
+    try:
+        assert_close(model(ids).last_hidden_state, doubled)
+    finally:
+        handle.remove()
+    grads = []
+    handle = point.register_full_backward_hook(lambda module, grad_in, grad_out: grads.append(grad_out[0]))
+    try:
+        model(ids).last_hidden_state.sum().backward()
+    finally:
+        handle.remove()
+    assert len(grads) == 1 and grads[0].shape == (2, 7, 32)
+
+
 @pytest.mark.parametrize("layout,positions",
                          [("pre", "absolute"), ("post", "absolute"), ("pre", "relative_key_query")])
 def test_cached_attention_maps_equal_reference_output_attentions(layout, positions):
