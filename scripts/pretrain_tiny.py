@@ -1,0 +1,210 @@
+"""Pre-train megabert-tiny, our own small pre-LN Megatron-BERT, on the bundled WordNet corpus.
+
+    python scripts/pretrain_tiny.py                  # writes megabert_edu/assets/megabert-tiny{,-causal}/
+
+Three stages, all with the library itself:
+
+1. a WordPiece vocabulary (8,000 tokens) learned from the training split of the corpus;
+2. MegatronBertForPreTraining (pre-LN, 4 layers, hidden 256) trained with masked LM + next sentence
+   prediction on (A, B) segment pairs cut from each synset's document;
+3. a causal-LM copy: the same weights loaded into MegatronBertForCausalLM(is_decoder=True) and
+   trained further left-to-right, so the generation notebook has a model that can write.
+
+Held-out numbers use the validation split (no validation sentence occurs in training; see
+megabert_edu/data/README.md). The script writes the weights in float16 (the files stay small), then
+re-loads them and measures everything on the re-loaded models, and writes the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import random
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import megabert_edu
+from megabert_edu.data import load_wordnet
+from megabert_edu.generation import fill_mask, generate, sample_mlm
+from megabert_edu.tokenization import WordPieceTokenizer, train_wordpiece
+from megabert_edu.training import CausalLMCollator, MLMCollator, evaluate, nsp_pairs, train
+
+ASSETS = Path(megabert_edu.__file__).parent / "assets"
+FILL_MASK_EXAMPLES = ["a young [MASK] that is kept as a pet", "the [MASK] of the united states",
+                      "move [MASK] on foot", "a large body of [MASK] water"]
+PROMPTS = ["dog, domestic dog:", "to run:", "a musical instrument"]
+
+
+def documents(split: str) -> list[list[str]]:
+    """One document per synset: [head words, definition, example, example, ...]."""
+    docs = []
+    for record in load_wordnet("corpus", split):
+        head, _, definition = record["sentences"][0].partition(": ")
+        docs.append([head, definition, *record["sentences"][1:]])
+    return docs
+
+
+def length_buckets(records: list[dict], tokenizer: WordPieceTokenizer, batch_size: int, seed: int
+                   ) -> list[list]:
+    """Group records of similar length into batches, in a random order of batches.
+
+    A batch is padded to its longest row; random batches of WordNet text waste about half their
+    compute on padding. Sorting within chunks of 50 batches keeps some randomness and little padding.
+    """
+    rng = random.Random(seed)
+    records = list(records)
+    rng.shuffle(records)
+    texts = [r.get("text") or r["text_a"] + " " + r["text_b"] for r in records]
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    order = list(range(len(records)))
+    chunk = 50 * batch_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lengths.__getitem__)
+        batches += [[records[i] for i in part[j:j + batch_size]] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class SparsePreTrainingLoss(nn.Module):
+    """ForPreTraining's loss (MLM + NSP), projecting onto the vocabulary only at the masked positions.
+
+    Only ~15% of the tokens have an MLM label, and the vocabulary projection (H x V) is the largest
+    matrix in a small model, so this gives the same loss for much less compute (NVIDIA's BERT
+    pre-training does the same).
+    """
+
+    def __init__(self, model: megabert_edu.MegatronBertForPreTraining):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, input_ids, token_type_ids, attention_mask, labels, next_sentence_label):
+        out = self.model.bert(input_ids, attention_mask, token_type_ids)
+        picked = labels != -100
+        logits = self.model.cls.predictions(out.last_hidden_state[picked])  # (N masked, V)
+        nsp_logits = self.model.cls.seq_relationship(out.pooler_output)  # (B, 2)
+        loss = F.cross_entropy(logits, labels[picked]) + F.cross_entropy(nsp_logits, next_sentence_label)
+        return SimpleNamespace(loss=loss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ASSETS)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--mlm-steps", type=int, default=1500)
+    parser.add_argument("--clm-steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-size", type=int, default=2000)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    log: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+
+    # 1. Vocabulary ------------------------------------------------------------------------------
+    train_docs, val_docs = documents("train"), documents("validation")
+    tokenizer = train_wordpiece([" ".join(d) for d in train_docs], vocab_size=args.vocab_size)
+    print(f"vocabulary: {tokenizer.vocab_size} tokens ({time.perf_counter() - started:.0f}s)")
+
+    # 2. MLM + NSP ---------------------------------------------------------------------------------
+    config = megabert_edu.MegatronBertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=128,
+        layer_norm_position="pre")
+    model = megabert_edu.MegatronBertForPreTraining(config)
+    collate = MLMCollator(tokenizer, max_length=args.max_length)
+    # Fresh NSP pairs (new cut points, new random partners) every epoch.
+    batches, epoch = [], 0
+    while len(batches) < args.mlm_steps:
+        batches += length_buckets(nsp_pairs(train_docs, seed=epoch), tokenizer, args.batch_size, seed=epoch)
+        epoch += 1
+    val_pairs = nsp_pairs(val_docs, seed=12345)[:args.eval_size]
+
+    def mlm_eval(m) -> dict:
+        fixed = MLMCollator(tokenizer, max_length=args.max_length, generator=torch.Generator().manual_seed(0))
+        return evaluate(m, val_pairs, batch_size=128, collate_fn=fixed)
+
+    log["mlm_at_init"] = mlm_eval(model)
+    print("before training:", log["mlm_at_init"])
+    t0 = time.perf_counter()
+    result = train(SparsePreTrainingLoss(model), batches[:args.mlm_steps], batch_size=1,
+                   collate_fn=lambda items: collate(items[0]), lr=args.lr, warmup=0.05, seed=args.seed,
+                   log_every=50)
+    log["mlm_seconds"] = time.perf_counter() - t0
+    log["mlm_history"] = result.history
+    log["mlm_examples_seen"] = sum(len(b) for b in batches[:args.mlm_steps])
+    print(f"MLM+NSP: {result.steps} steps in {log['mlm_seconds']:.0f}s")
+
+    # 3. Causal LM ---------------------------------------------------------------------------------
+    causal_config = dataclasses.replace(config, is_decoder=True)
+    causal = megabert_edu.MegatronBertForCausalLM(causal_config)
+    report = causal.load_state_dict(model.state_dict(), strict=False)  # encoder + LM head; no pooler/NSP
+    assert not report.missing_keys, report.missing_keys
+    texts = [{"text": " ".join(d[:1]) + ": " + "; ".join(d[1:])} for d in train_docs]
+    clm_batches = length_buckets(texts, tokenizer, args.batch_size, seed=99)[:args.clm_steps]
+    clm_collate = CausalLMCollator(tokenizer, max_length=args.max_length)
+    val_texts = [{"text": " ".join(d[:1]) + ": " + "; ".join(d[1:])} for d in val_docs][:args.eval_size]
+    log["clm_before"] = evaluate(causal, val_texts, batch_size=128, collate_fn=clm_collate)
+    t0 = time.perf_counter()
+    clm = train(causal, clm_batches, batch_size=1, collate_fn=lambda items: clm_collate(items[0]),
+                lr=args.lr / 2, warmup=0.05, seed=args.seed, log_every=50)
+    log["clm_seconds"] = time.perf_counter() - t0
+    log["clm_history"] = clm.history
+    print(f"causal LM: {clm.steps} steps in {log['clm_seconds']:.0f}s")
+
+    # 4. Save (float16), re-load, measure -----------------------------------------------------------
+    mlm_dir, clm_dir = args.out / "megabert-tiny", args.out / "megabert-tiny-causal"
+    for m, d in ((model, mlm_dir), (causal, clm_dir)):
+        m.half().save_pretrained(d)
+        m.float()
+        tokenizer.save(d)
+    model = megabert_edu.MegatronBertForPreTraining.from_pretrained(mlm_dir).eval()
+    causal = megabert_edu.MegatronBertForCausalLM.from_pretrained(clm_dir).eval()
+    tokenizer = WordPieceTokenizer.from_pretrained(mlm_dir)
+    log["mlm_held_out"] = mlm_eval(model)
+    log["clm_held_out"] = evaluate(causal, val_texts, batch_size=128, collate_fn=clm_collate)
+    print("held out:", log["mlm_held_out"], log["clm_held_out"])
+
+    log["fill_mask"] = {t: [(g["token"], round(g["score"], 3)) for g in fill_mask(model, tokenizer, t)[0]]
+                        for t in FILL_MASK_EXAMPLES}
+    log["generate_greedy"], log["generate_sampled"] = {}, {}
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer.encode(prompt)[:-1]])  # drop the final [SEP]: the text goes on
+        greedy = generate(causal, ids, max_new_tokens=24, eos_token_id=tokenizer.sep_token_id)
+        sampled = generate(causal, ids, max_new_tokens=24, do_sample=True, top_p=0.9, temperature=0.8,
+                           eos_token_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0))
+        log["generate_greedy"][prompt] = tokenizer.decode(greedy[0], skip_special_tokens=True)
+        log["generate_sampled"][prompt] = tokenizer.decode(sampled[0], skip_special_tokens=True)
+    m_id = tokenizer.mask_token_id
+    blanks = torch.tensor([tokenizer.encode("a [MASK] [MASK] [MASK] [MASK] [MASK] of water")])
+    specials = tuple(tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    written = sample_mlm(model, blanks, m_id, steps=10, temperature=0.8, special_ids=specials,
+                         generator=torch.Generator().manual_seed(0))
+    log["mask_predict"] = tokenizer.decode(written[0], skip_special_tokens=True)
+    log["total_seconds"] = time.perf_counter() - started
+    log["hardware"] = (f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), "
+                       f"{args.threads} torch thread(s), torch {torch.__version__}")
+    log["parameters"] = {"pretraining": model.num_parameters(), "causal": causal.num_parameters()}
+    (args.out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    examples = ("fill_mask", "generate_greedy", "generate_sampled", "mask_predict")
+    print(json.dumps({k: log[k] for k in examples}, indent=1))
+    print(f"done in {log['total_seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
