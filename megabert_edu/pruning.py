@@ -215,7 +215,8 @@ def head_importance(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn 
     """I_h = mean over examples of |dL/dxi_h|, with one gate xi per example, head and layer.
 
     mask: (L, nh) current keep-mask (1 keep, 0 masked); gates start at its values, masked heads score NaN.
-    loss_fn(model, batch) must return a mean over the batch's examples (the default, model_loss, does).
+    loss_fn(model, batch) must return a mean over the batch's examples, as model_loss does for
+    classification. (A mean over tokens, as in MLM, weights each example by its number of labels.)
     """
     base = model.base_model
     live = live_heads(model)
