@@ -60,7 +60,7 @@ def profile(labels: list[str], values: list[torch.Tensor], real: torch.Tensor) -
     """Average per-token values [(B, T), ...] over the real tokens: per position and overall."""
     v = torch.stack([x.float() for x in values])  # (P, B, T)
     per_position = (v * real).sum(1) / real.sum(0)  # (P, T); 0/0 = NaN where no example has a token
-    return Profile(labels, per_position, (v * real).sum((1, 2)) / real.sum())
+    return Profile(labels, per_position.cpu(), ((v * real).sum((1, 2)) / real.sum()).cpu())  # small: to CPU
 
 
 def _cache(model: nn.Module, names: list[str], input_ids, attention_mask, **kwargs):
@@ -134,13 +134,13 @@ def layernorm_stats(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     # LayerNorm uses the biased variance plus eps under the square root: report exactly that divisor.
     stds = [(x.float().var(-1, unbiased=False) + ln.eps).sqrt()
             for x, (_, _, ln) in zip(xs, points, strict=True)]
-    weights = [ln.weight.detach().float() for _, _, ln in points]
+    weights = [ln.weight.detach().float().cpu() for _, _, ln in points]
     return LayerNormStats(
         input_norm=profile(labels, [x.norm(dim=-1) for x in xs], real),
         input_std=profile(labels, stds, real),
         weight_mean=torch.stack([w.mean() for w in weights]),
         weight_abs_max=torch.stack([w.abs().max() for w in weights]),
-        bias_norm=torch.stack([ln.bias.detach().float().norm() for _, _, ln in points]),
+        bias_norm=torch.stack([ln.bias.detach().float().norm().cpu() for _, _, ln in points]),
     )
 
 
