@@ -78,6 +78,7 @@ class WordPieceTokenizer:
         # become the mask token (instead of being lowercased and split into [ mask ]).
         tok.add_special_tokens(list(SPECIAL_TOKENS))
         self._tok = tok
+        self._vocab_size = tok.get_vocab_size(with_added_tokens=True)  # slow to ask for each time
 
         self.pad_token_id = vocab["[PAD]"]
         self.unk_token_id = vocab["[UNK]"]
@@ -137,7 +138,7 @@ class WordPieceTokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of tokens in the vocabulary (the size of the model's embedding table)."""
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     def __len__(self) -> int:
         return self.vocab_size
