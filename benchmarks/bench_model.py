@@ -60,7 +60,7 @@ def main() -> None:
     for B, T in FORWARD_SHAPES:
         ids = torch.randint(0, config.vocab_size, (B, T), generator=g)
         with torch.inference_mode():
-            t_ours, t_ref = compare(lambda: ours(ids), lambda: ref(ids), args.repeats)
+            t_ours, t_ref = compare(lambda ids=ids: ours(ids), lambda ids=ids: ref(ids), args.repeats)
         print(f"{f'forward ({B}, {T})':<22}{t_ours * 1e3:>10.1f}{t_ref * 1e3:>10.1f}{t_ref / t_ours:>10.2f}")
 
     B, T = TRAIN_SHAPE

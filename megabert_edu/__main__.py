@@ -45,7 +45,8 @@ def demo(args: argparse.Namespace) -> None:
     print(f"  {model.load_report}".replace("\n", "\n  "))
 
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
-    print(f"\nTokens of sentence 1: {tok.convert_ids_to_tokens(batch['input_ids'][0][batch['attention_mask'][0] == 1])}")
+    first = batch["input_ids"][0][batch["attention_mask"][0] == 1]
+    print(f"\nTokens of sentence 1: {tok.convert_ids_to_tokens(first)}")
 
     print("\nWhat the heads look at (Clark et al. 2019 statistics, averaged over real tokens):")
     summary = attention_summary(model, batch["input_ids"], batch["attention_mask"], cls_id=tok.cls_token_id,
@@ -59,7 +60,8 @@ def demo(args: argparse.Namespace) -> None:
 
     norms = residual_norms(model, batch["input_ids"], batch["attention_mask"])
     print("\nResidual-stream norm after the embeddings and after each layer (mean over real tokens):")
-    print("  " + ", ".join(f"{label}: {value:.1f}" for label, value in zip(norms.labels, norms.mean.tolist())))
+    pairs = zip(norms.labels, norms.mean.tolist(), strict=True)
+    print("  " + ", ".join(f"{label}: {value:.1f}" for label, value in pairs))
 
     before = sentence_embeddings(model, batch)
     heads = {pl: [ph], nl: [nh]} if pl != nl else {pl: sorted({ph, nh})}

@@ -157,7 +157,8 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
         if head_mask.dim() == 1:
             head_mask = head_mask.unsqueeze(0).expand(L, -1)
         if head_mask.dim() != 2 or head_mask.shape[0] != L:
-            raise ValueError(f"head_mask must have shape (num_heads,) or ({L}, num_heads); got {tuple(head_mask.shape)}")
+            raise ValueError(f"head_mask must have shape (num_heads,) or ({L}, num_heads); "
+                             f"got {tuple(head_mask.shape)}")
         for i, layer in enumerate(self.encoder.layer):
             n = layer.attention.self.num_attention_heads
             if head_mask.shape[1] != n:
@@ -191,8 +192,9 @@ def check_positions_and_types(cfg: MegatronBertConfig, position_ids, token_type_
     if past + T > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {past + T} (cached {past} + new {T}) is longer than "
                          f"max_position_embeddings={cfg.max_position_embeddings}")
+    max_pos = cfg.max_position_embeddings
     if position_ids is not None and (position_ids.shape[-1] != T or position_ids.numel() and not
-                                     0 <= int(position_ids.min()) <= int(position_ids.max()) < cfg.max_position_embeddings):
+                                     0 <= int(position_ids.min()) <= int(position_ids.max()) < max_pos):
         raise ValueError(f"position_ids must have {T} positions in [0, {cfg.max_position_embeddings}); "
                          f"got shape {tuple(position_ids.shape)}")
     if token_type_ids is None:

@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import torch
 
-Tensor = Optional[torch.Tensor]
-Tensors = Optional[tuple]
+Tensor = Optional[torch.Tensor]  # noqa: UP045 (a runtime alias: `X | None` needs Python 3.10 here)
+Tensors = Optional[tuple]  # noqa: UP045
 
 
 @dataclass

@@ -41,7 +41,7 @@ def make_pair(name: str, config=None, seed: int = 0, **overrides):
     ours = getattr(megabert_edu, name)(config).eval()
     ref = reference_class(name, config)(reference_config(config)).eval()
     state = ours.state_dict()
-    missing, unexpected = ref.load_state_dict(state, strict=False)
+    missing, unexpected = ref.load_state_dict(state, strict=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     assert not missing and not unexpected, (missing, unexpected)
     return ours, ref
@@ -60,7 +60,7 @@ def assert_close(ours, ref, name="output", atol=ATOL):
     if isinstance(ours, (tuple, list)):
         ref = legacy(ref)
         assert isinstance(ref, (tuple, list)) and len(ours) == len(ref), f"{name}: lengths differ"
-        for i, (a, b) in enumerate(zip(ours, ref)):
+        for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
             assert_close(a, b, f"{name}[{i}]", atol)
         return
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs reference {tuple(ref.shape)}"

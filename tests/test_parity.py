@@ -226,7 +226,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for model in (ours, twin):
         model.train()
         model(**batch).loss.backward()
-    for (key, p), q in zip(ours.named_parameters(), twin.parameters()):
+    for (key, p), q in zip(ours.named_parameters(), twin.parameters(), strict=True):
         assert_close(p.grad, q.grad, key)
 
 

@@ -40,7 +40,7 @@ def test_minilm_matches_transformers_bert_model(batch):
     keep = batch["attention_mask"].bool()
     assert (a.last_hidden_state[keep] - b.last_hidden_state[keep]).abs().max() < 1e-4
     assert (a.pooler_output - b.pooler_output).abs().max() < 1e-4
-    for x, y in zip(a.attentions, b.attentions):
+    for x, y in zip(a.attentions, b.attentions, strict=True):
         assert (x - y).abs().max() < 1e-4
     assert len(a.hidden_states) == 7
 

@@ -1,4 +1,4 @@
-"""Checkpoint formats: HF directories (hf.py), TensorFlow tensor bundles (tf.py), NVIDIA Megatron-LM (megatron_lm.py)."""
+"""Checkpoint formats: HF directories (hf.py), TF tensor bundles (tf.py), NVIDIA Megatron-LM (megatron_lm.py)."""
 
 from __future__ import annotations
 
