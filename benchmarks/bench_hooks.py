@@ -3,6 +3,7 @@ every HookPoint compiled out (replaced by a plain identity function, so no nn.Mo
 
     python benchmarks/bench_hooks.py                 # MiniLM-sized: 6 layers, hidden 384; CPU fp32, 2 threads
     python benchmarks/bench_hooks.py --layers 24 --hidden 1024
+    python benchmarks/bench_hooks.py --module-call   # without HookPoint's idle shortcut, for comparison
 
 Prints, per input shape, the fastest forward time of each model and their ratio hooked / compiled out
 (1.00 = no cost); an A/A ratio (compiled out vs an identical copy), which shows how big a difference
@@ -93,8 +94,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="time spent per shape")
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="cpu: process CPU time instead of wall time")
+    parser.add_argument("--module-call", action="store_true",
+                        help="measure idle HookPoints going through nn.Module.__call__ (no idle shortcut)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.module_call:
+        HookPoint.__call__ = torch.nn.Module.__call__  # this process only: what the shortcut saves
     config = tiny_config(vocab_size=30522, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.hidden // 32, intermediate_size=4 * args.hidden,
                          max_position_embeddings=512)
@@ -104,7 +109,8 @@ def main() -> None:
     replaced = compile_out_hook_points(bare)
     twin = copy.deepcopy(bare)
     print(f"MegatronBertModel {args.layers} layers, hidden {args.hidden}, CPU fp32, {args.threads} threads, "
-          f"torch {torch.__version__}; {args.clock} clock; {replaced} HookPoints compiled out")
+          f"torch {torch.__version__}; {args.clock} clock; {replaced} HookPoints compiled out"
+          + ("; idle HookPoints call nn.Module.__call__" if args.module_call else ""))
     idle, plain = idle_call_cost()
     print(f"one idle HookPoint call: {idle:.2f} us; the plain function that replaces it: {plain:.2f} us")
     print(f"{'shape':<12}{'hook calls':>11}{'hooked ms':>11}{'bare ms':>10}{'hooked/bare':>13}{'A/A':>7}"
