@@ -21,6 +21,9 @@
 # few tokens, so a GPU buys nothing in this notebook). nbval compares the marked outputs of the default.
 
 # %%
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: on a shared CPU, busy-waiting threads are slow
 import torch
 
 SCALE = "toy"  # or "megatron-345m"

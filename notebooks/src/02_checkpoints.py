@@ -25,6 +25,9 @@
 MEGATRON_345M_ZIP = None  # e.g. "~/Downloads/megatron_bert_345m_v0_1_uncased.zip"
 
 # %%
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: on a shared CPU, busy-waiting threads are slow
 import argparse
 import importlib.util
 import json
