@@ -11,12 +11,16 @@ greedily with a KV cache from a prompt of --prompt tokens, and we report new tok
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import torch
-import transformers
+# Threads that spin while waiting for work starve each other on a shared CPU; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import megabert_edu
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import megabert_edu  # noqa: E402
 
 
 def build(args) -> tuple[torch.nn.Module, torch.nn.Module]:

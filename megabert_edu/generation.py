@@ -136,11 +136,13 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 20
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     with eval_mode(model):
         for _ in range(max_new_tokens):
-            # A left-padded row's first real token is position 0, not position (number of pads):
-            # count real tokens with a running sum. Padding gets a dummy position (it is masked out).
-            positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-            out = model(new, attention_mask=attention_mask if padded else None,  # no mask: fastest kernel
-                        position_ids=positions[:, -new.shape[1]:], past_key_values=past, use_cache=True)
+            positions = mask = None  # no padding: default positions (0, 1, ...), no mask (fastest kernel)
+            if padded:
+                # A left-padded row's first real token is position 0, not position (number of pads):
+                # count real tokens with a running sum. Padding gets a dummy position (it is masked out).
+                mask = attention_mask
+                positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -new.shape[1]:]
+            out = model(new, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
             past = out.past_key_values  # per layer (k, v), each (B, nh, S, hs)
             token = next_token(out.logits[:, -1].float(), ids, do_sample, temperature, top_k, top_p,
                                repetition_penalty, generator)  # (B,)
@@ -148,7 +150,8 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 20
                 token = token.masked_fill(finished, pad_token_id)
                 finished |= token == eos_token_id
             ids = torch.cat([ids, token[:, None]], dim=1)  # (B, T + 1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+            if padded:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
             new = token[:, None]  # (B, 1): only the newest token goes through the model next step
             if bool(finished.all()):
                 break
