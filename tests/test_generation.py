@@ -223,3 +223,47 @@ def test_sample_mlm_greedy_one_step_is_argmax(mlm_pair):
         logits = ref(ids).logits
     logits[..., 4] = float("-inf")
     assert torch.equal(out[0, 2:4], logits[0, 2:4].argmax(-1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped megabert-tiny models (megabert_edu/assets, trained by scripts/pretrain_tiny.py)
+
+
+def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_shipped_causal_model_greedy_matches_reference():
+    import transformers
+
+    from megabert_edu import MegatronBertForCausalLM
+    from megabert_edu.assets import TINY_CAUSAL
+
+    tokenizer = WordPieceTokenizer.from_pretrained(TINY_CAUSAL)
+    ours = MegatronBertForCausalLM.from_pretrained(TINY_CAUSAL).eval()
+    ref = transformers.MegatronBertForCausalLM.from_pretrained(TINY_CAUSAL).eval()
+    prompts = ["dog, domestic dog:", "to run quickly", "a musical instrument played with a bow"]
+    ids, mask = left_pad([tokenizer.encode(p)[:-1] for p in prompts])  # no final [SEP]: the text goes on
+    sep = tokenizer.sep_token_id
+    out = generate(ours, ids, attention_mask=mask, max_new_tokens=16, eos_token_id=sep)
+    expected = ref.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=sep,
+                            pad_token_id=0)
+    assert torch.equal(out, expected)
+    assert len(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)) > 5
+
+
+def test_shipped_models_are_trained_and_small():
+    from megabert_edu import MegatronBertForMaskedLM
+    from megabert_edu.assets import ASSETS, TINY
+
+    size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20, f"assets are {size / 2**20:.1f} MB"
+    tokenizer = WordPieceTokenizer.from_pretrained(TINY)
+    model = MegatronBertForMaskedLM.from_pretrained(TINY).eval()  # the MLM head of the pre-training model
+    guesses = fill_mask(model, tokenizer, "a young [MASK] that is kept as a pet", top_k=5)[0]
+    assert all(g["token"] not in SPECIAL_TOKENS for g in guesses)
+    # A random model spreads its guesses over all 8000 tokens; the trained one does not.
+    assert guesses[0]["score"] > 10 / tokenizer.vocab_size
