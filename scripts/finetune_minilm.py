@@ -8,6 +8,11 @@ MegatronBertForSequenceClassification with layer_norm_position="post" read from 
 classifier (and the pooler, which the checkpoint lacks) start from random weights. The task: name
 the WordNet lexicographer file (45 supersenses: noun.animal, verb.motion, ...) of a definition.
 Reports accuracy and macro-F1 on the held-out test split next to the majority-class baseline.
+
+Result of the default command (12,000 training definitions, 1 epoch, 375 steps of 32, lr 1e-4,
+run with --threads 1 on a shared 2-core Xeon VM: 10.5 min training + 4 min evaluation):
+test accuracy 60.95% (11,901 definitions) vs 12.0% for the majority class (adj.all); macro-F1 0.21
+(the 45 classes are very unequal and many rare ones are never predicted after one short epoch).
 """
 
 from __future__ import annotations
