@@ -20,15 +20,16 @@ from .models import (
     MegatronBertPreTrainedModel,
 )
 from .tokenization import WordPieceTokenizer, train_wordpiece
+from .training import CausalLMCollator, MLMCollator, TrainResult, evaluate, nsp_pairs, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analysis", "CheckpointError", "convert_megatron_lm_checkpoint", "fill_mask", "generate", "HookPoint",
-    "list_tf_variables", "load_tf_weights", "LoadReport", "MegatronBertConfig", "MegatronBertForCausalLM",
-    "MegatronBertForMaskedLM", "MegatronBertForMultipleChoice", "MegatronBertForNextSentencePrediction",
-    "MegatronBertForPreTraining", "MegatronBertForQuestionAnswering", "MegatronBertForSequenceClassification",
-    "MegatronBertForTokenClassification", "MegatronBertModel", "MegatronBertPreTrainedModel", "pruning",
-    "read_tf_checkpoint", "sample_mlm", "train_wordpiece", "UnknownHookName", "WordPieceTokenizer",
-    "write_tf_checkpoint",
+    "analysis", "CausalLMCollator", "CheckpointError", "convert_megatron_lm_checkpoint", "evaluate", "fill_mask",
+    "generate", "HookPoint", "list_tf_variables", "load_tf_weights", "LoadReport", "MegatronBertConfig",
+    "MegatronBertForCausalLM", "MegatronBertForMaskedLM", "MegatronBertForMultipleChoice",
+    "MegatronBertForNextSentencePrediction", "MegatronBertForPreTraining", "MegatronBertForQuestionAnswering",
+    "MegatronBertForSequenceClassification", "MegatronBertForTokenClassification", "MegatronBertModel",
+    "MegatronBertPreTrainedModel", "MLMCollator", "nsp_pairs", "pruning", "read_tf_checkpoint", "sample_mlm",
+    "train", "train_wordpiece", "TrainResult", "UnknownHookName", "WordPieceTokenizer", "write_tf_checkpoint",
 ]
