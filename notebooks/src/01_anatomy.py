@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (notebook cells import where the narrative needs them)
 # %% [markdown]
 # # 01 · Anatomy of Megatron-BERT
 #
@@ -216,7 +217,8 @@ by_hand = x + block.output(block.self(block.ln(x))[0])
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("block", tuple(x.shape), "->", tuple(out.shape), "| x + attn(LN(x)):", torch.allclose(out, by_hand, atol=1e-6))
+print("block", tuple(x.shape), "->", tuple(out.shape), "| x + attn(LN(x)):",
+      torch.allclose(out, by_hand, atol=1e-6))
 
 # %% [markdown]
 # ## 4. The MLP (feed-forward) block
@@ -266,7 +268,8 @@ enc_out = encoder(x, output_hidden_states=True, output_attentions=True)
 print("keys:", [k for k, v in enc_out.items() if v is not None])
 print("last_hidden_state", tuple(enc_out["last_hidden_state"].shape))
 print("hidden_states:", len(enc_out["hidden_states"]), "tensors; attentions:", len(enc_out["attentions"]), "maps")
-print("hidden_states[-1] is the final-LN output:", torch.equal(enc_out["hidden_states"][-1], enc_out["last_hidden_state"]))
+print("hidden_states[-1] is the final-LN output:",
+      torch.equal(enc_out["hidden_states"][-1], enc_out["last_hidden_state"]))
 
 # %% [markdown]
 # ## 7. The pooler

@@ -1,13 +1,15 @@
+# ruff: noqa: E402  (notebook cells import where the narrative needs them)
 # %% [markdown]
 # # 02 · Checkpoints: TensorFlow without TensorFlow, HuggingFace, Megatron-LM
 #
 # Pretrained BERTs reach you in three formats:
 #
-# | format | who writes it | what it is |
-# |---|---|---|
-# | TensorFlow *tensor bundle* (`model.ckpt.index` + `model.ckpt.data-*`) | Google's BERT release, TF training scripts | a sorted key table + raw bytes |
-# | HuggingFace directory (`config.json` + `model.safetensors`) | the Hub, `save_pretrained` | a JSON config + a flat name -> tensor file |
-# | Megatron-LM (`release/mp_rank_00/model_optim_rng.pt` in a zip) | NVIDIA's megatron-bert-345m release | a pickled nested dict, with fused QKV |
+# * **TensorFlow tensor bundle** (`model.ckpt.index` + `model.ckpt.data-*`), from Google's BERT release
+#   and TF training scripts: a sorted key table plus the tensors' raw bytes;
+# * **HuggingFace directory** (`config.json` + `model.safetensors`), from the Hub and `save_pretrained`:
+#   a JSON config plus a flat name -> tensor file;
+# * **Megatron-LM** (`release/mp_rank_00/model_optim_rng.pt` in a zip), NVIDIA's megatron-bert-345m
+#   release: a pickled nested dict, with the query, key and value matrices fused into one.
 #
 # `megabert_edu` reads all three into the *same* model. In this notebook we open each one up, look at the
 # names inside, and check that every route gives the same numbers. The TensorFlow checkpoints we read
@@ -87,7 +89,8 @@ for folder in ("google", "megatron"):
 # %%
 # NBVAL_CHECK_OUTPUT
 index = (FIXTURES / "google" / "model.ckpt.index").read_bytes()
-print("last 8 bytes: 0x%016x (LevelDB's table magic number 0xdb4775248b80fb57)" % struct.unpack("<Q", index[-8:])[0])
+magic = struct.unpack("<Q", index[-8:])[0]
+print(f"last 8 bytes: 0x{magic:016x} (LevelDB's table magic number 0xdb4775248b80fb57)")
 
 # %% [markdown]
 # `list_tf_variables` reads only that index: names, shapes and dtypes, without touching the data file.
@@ -145,8 +148,10 @@ for scope, module, kind in TF_NAME_TABLE:
 # %%
 # NBVAL_CHECK_OUTPUT
 arrays = read_tf_checkpoint(google)
-for name in ("bert/encoder/layer_1/attention/self/query/kernel", "bert/encoder/layer_0/attention/output/LayerNorm/gamma",
-             "cls/seq_relationship/output_weights", "bert/encoder/layer_0/intermediate/dense/kernel/adam_m"):
+for name in ("bert/encoder/layer_1/attention/self/query/kernel",
+             "bert/encoder/layer_0/attention/output/LayerNorm/gamma",
+             "cls/seq_relationship/output_weights",
+             "bert/encoder/layer_0/intermediate/dense/kernel/adam_m"):
     mapped = map_tf_name(name)
     if mapped is None or OPTIMIZER_NAMES.search(name):
         print(f"{name}\n    -> skipped (optimizer state)")
@@ -342,7 +347,8 @@ for i in range(mcfg.num_hidden_layers):
         layers[f"layers.{i}.post_attention_layernorm.{leaf}"] = sd[ours + f"ln.{leaf}"]
         layers[f"layers.{i}.mlp.dense_h_to_4h.{leaf}"] = sd[ours + f"intermediate.dense.{leaf}"]
         layers[f"layers.{i}.mlp.dense_4h_to_h.{leaf}"] = sd[ours + f"output.dense.{leaf}"]
-layers["final_layernorm.weight"], layers["final_layernorm.bias"] = sd["bert.encoder.ln.weight"], sd["bert.encoder.ln.bias"]
+layers["final_layernorm.weight"] = sd["bert.encoder.ln.weight"]
+layers["final_layernorm.bias"] = sd["bert.encoder.ln.bias"]
 padded_vocab = 128  # Megatron pads 100 rows up to a multiple of 128
 word = torch.cat([sd["bert.embeddings.word_embeddings.weight"], torch.zeros(padded_vocab - 100, 128)])
 

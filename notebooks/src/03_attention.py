@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (notebook cells import where the narrative needs them)
 # %% [markdown]
 # # 03 · What does a real BERT attend to?
 #
@@ -117,7 +118,7 @@ def plot_head(layer, head, ax=None):
 
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
-for ax, (layer, head) in zip(axes, [(0, 2), (1, 8), (4, 5)]):
+for ax, (layer, head) in zip(axes, [(0, 2), (1, 8), (4, 5)], strict=True):
     plot_head(layer, head, ax)
 plt.tight_layout()
 plt.show()
@@ -176,10 +177,12 @@ summary = attention_summary(model, batch["input_ids"], batch["attention_mask"], 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{len(records)} pairs, batch {tuple(batch['input_ids'].shape)}; e.g. {records[0]['text_a']!r} / {records[0]['text_b'][:50]!r}...")
-print(f"{'layer':<8}" + "".join(f"{f:>9}" for f in ("cls", "sep", "punct", "entropy", "distance")))
+print(f"{len(records)} pairs, batch {tuple(batch['input_ids'].shape)}")
+print(f"e.g. {records[0]['text_a']!r} / {records[0]['text_b'][:50]!r}...")
+columns = ("cls", "sep", "punct", "entropy", "distance")
+print(f"{'layer':<8}" + "".join(f"{f:>9}" for f in columns))
 for i in range(L):
-    print(f"{i:<8}" + "".join(f"{summary.by_layer(f)[i].item():>9.2f}" for f in ("cls", "sep", "punct", "entropy", "distance")))
+    print(f"{i:<8}" + "".join(f"{summary.by_layer(f)[i].item():>9.2f}" for f in columns))
 
 # %% [markdown]
 # Per head, as heat maps (layers down, heads across):
@@ -187,7 +190,7 @@ for i in range(L):
 # %%
 fields = ["cls", "sep", "punct", "prev", "next", "entropy"]
 fig, axes = plt.subplots(1, len(fields), figsize=(3.2 * len(fields), 2.6))
-for ax, f in zip(axes, fields):
+for ax, f in zip(axes, fields, strict=True):
     values = getattr(summary, f)
     im = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0, vmax=None if f == "entropy" else 1)
     ax.set_title(f), ax.set_xlabel("head"), ax.set_ylabel("layer")

@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (notebook cells import where the narrative needs them)
 # %% [markdown]
 # # 04 · Pre-LN vs post-LN: what moving the LayerNorm does
 #
@@ -110,7 +111,8 @@ print(f"sqrt(H) = {SIZE['hidden_size'] ** 0.5:.1f}")
 with autocast:
     _, cache = models["pre"].base_model.run_with_cache(ids, names=["embeddings.hook_out", "*.layer.*.hook_out"])
 stream = [cache["embeddings.hook_out"]] + [cache[f"encoder.layer.{i}.hook_out"] for i in range(LAYERS)]
-update = torch.stack([(b.float() - a.float()).norm(dim=-1).mean() for a, b in zip(stream, stream[1:])]).cpu()
+update = torch.stack([(after.float() - before.float()).norm(dim=-1).mean()  # what layer l added
+                      for before, after in zip(stream[:-1], stream[1:], strict=True)]).cpu()
 relative = update / torch.stack([a.float().norm(dim=-1).mean() for a in stream[:-1]]).cpu()
 
 # %%
@@ -205,7 +207,8 @@ with autocast:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("residual norm:", ", ".join(f"{label} {v:.1f}" for label, v in zip(real_norms.labels, real_norms.mean.tolist())))
+print("residual norm:", ", ".join(f"{label} {v:.1f}"
+                                 for label, v in zip(real_norms.labels, real_norms.mean.tolist(), strict=True)))
 print(f"{'LayerNorm':<20}{'input std':>10}{'mean gain':>11}{'max |gain|':>11}{'||bias||':>10}")
 for i, label in enumerate(real_ln.labels):
     print(f"{label:<20}{real_ln.input_std.mean[i]:>10.2f}{real_ln.weight_mean[i]:>11.2f}"
