@@ -85,7 +85,7 @@ def build(source: Path) -> nbformat.NotebookNode:
 def execute(nb: nbformat.NotebookNode, timeout: int) -> None:
     from nbclient import NotebookClient
 
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     for cell in nb.cells:  # execution timestamps would make every run a diff
         cell.metadata.pop("execution", None)

@@ -238,6 +238,29 @@ fig.colorbar(im)
 plt.show()
 
 # %% [markdown]
+# ## 5. A trained pre-LN model: megabert-tiny
+#
+# The package ships a small pre-LN Megatron-BERT pre-trained on the WordNet corpus (4 layers, H = 256;
+# notebook 07 generates text with it). After training, does its residual stream still grow layer by layer?
+
+# %%
+from megabert_edu.assets import TINY
+
+tiny = MegatronBertModel.from_pretrained(TINY).to(DEVICE).eval()
+tiny_tokenizer = WordPieceTokenizer.from_pretrained(TINY)
+tiny_batch = tiny_tokenizer(texts, padding=True, return_tensors="pt").to(DEVICE)
+with autocast:
+    tiny_norms = residual_norms(tiny, tiny_batch["input_ids"], tiny_batch["attention_mask"])
+    tiny_ln = layernorm_stats(tiny, tiny_batch["input_ids"], tiny_batch["attention_mask"])
+print("megabert-tiny residual norm:", ", ".join(f"{label} {v:.1f}" for label, v in
+                                                zip(tiny_norms.labels, tiny_norms.mean.tolist(), strict=True)))
+print("LayerNorm input std:", ", ".join(f"{v:.2f}" for v in tiny_ln.input_std.mean.tolist()))
+
+# %% [markdown]
+# Yes: in the trained pre-LN model too, the raw stream ends far larger than it starts (look at which layer
+# writes most of the growth) and the LayerNorms later in the stack divide by more and more, while MiniLM's
+# post-LN stream stays at one scale.
+#
 # ## Summary
 #
 # * Post-LN: the stream is renormalised after every sub-layer, so its norm is flat with depth; the
