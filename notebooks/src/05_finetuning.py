@@ -116,7 +116,7 @@ print(tokenizer.convert_ids_to_tokens(train_data["input_ids"][0][: int(train_dat
 
 # %%
 # NBVAL_CHECK_OUTPUT
-model = MegatronBertForSequenceClassification.from_pretrained(MINILM, num_labels=len(SUPERSENSES))
+model = MegatronBertForSequenceClassification.from_pretrained(MINILM, num_labels=len(SUPERSENSES)).to(DEVICE)
 print(str(model.load_report))
 before = evaluate(model, eval_data, batch_size=128)
 print(f"before fine-tuning: accuracy {before['accuracy']:.0%} (a random classifier)")
@@ -203,7 +203,7 @@ print("answer:  ", repr(r["answer_text"]), "-> tokens", s, "to", e, tokenizer.co
 print({k: tuple(v.shape) for k, v in qa_train.items()})
 
 # %%
-qa_model = MegatronBertForQuestionAnswering.from_pretrained(MINILM)
+qa_model = MegatronBertForQuestionAnswering.from_pretrained(MINILM).to(DEVICE)
 qa_before = evaluate(qa_model, qa_eval, batch_size=128)
 qa_result = train(qa_model, qa_train, qa_eval, epochs=EPOCHS, batch_size=16, lr=2e-4, seed=SEED,
                   eval_batch_size=128, progress=False)
