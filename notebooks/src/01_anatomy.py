@@ -370,8 +370,12 @@ print("MLM decoder weight is the word-embedding matrix:", tied)
 post = MegatronBertModel(cfg.copy(layer_norm_position="post"))
 pre_keys, post_keys = set(model.state_dict()), set(post.state_dict())
 print("(layer 0 shown; every layer is the same)")
-print("only in pre-LN (Megatron):", *sorted(k for k in pre_keys - post_keys if "layer.1" not in k), sep="\n  ")
-print("only in post-LN (BERT):   ", *sorted(k for k in post_keys - pre_keys if "layer.1" not in k), sep="\n  ")
+def first_layer_only(keys):
+    return sorted(k for k in keys if ".layer." not in k or ".layer.0." in k)
+
+
+print("only in pre-LN (Megatron):", *first_layer_only(pre_keys - post_keys), sep="\n  ")
+print("only in post-LN (BERT):   ", *first_layer_only(post_keys - pre_keys), sep="\n  ")
 print("shared:", len(pre_keys & post_keys), "tensors")
 
 # %% [markdown]
@@ -419,7 +423,7 @@ masked = model(input_ids, head_mask=head_mask)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("hook == head_mask:", torch.allclose(hooked.last_hidden_state, masked.last_hidden_state, atol=1e-6))
+print("hook == head_mask:", torch.allclose(hooked.last_hidden_state, masked.last_hidden_state, atol=1e-4))
 print("output changed:", not torch.allclose(hooked.last_hidden_state, full.last_hidden_state))
 print("hooks left behind:", model.active_hooks())
 
