@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning (matters on a shared 2-core box).
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 demo: $(STAMP)
 	$(BIN)/python -m megabert_edu demo
