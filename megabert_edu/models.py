@@ -285,8 +285,8 @@ class MegatronBertForPreTraining(MegatronBertTaskModel):
         return PreTrainingOutput(loss=loss, prediction_logits=logits, seq_relationship_logits=nsp_logits)
 
 
-class MegatronBertForMaskedLM(MegatronBertTaskModel):
-    """Predict the masked tokens (labels -100 are ignored)."""
+class LanguageModelHeadModel(MegatronBertTaskModel):
+    """The encoder plus the MLM head tied to the word embeddings: shared by MaskedLM and CausalLM."""
 
     add_pooling_layer = False
 
@@ -294,21 +294,18 @@ class MegatronBertForMaskedLM(MegatronBertTaskModel):
         super().__init__(config)
         self.cls = MegatronBertOnlyMLMHead(config)
         self.post_init()
+
+
+class MegatronBertForMaskedLM(LanguageModelHeadModel):
+    """Predict the masked tokens (labels -100 are ignored)."""
 
     def head(self, out, labels=None):
         logits = self.cls(out.last_hidden_state)
         return TaskOutput(loss=None if labels is None else token_loss(logits, labels), logits=logits)
 
 
-class MegatronBertForCausalLM(MegatronBertTaskModel):
+class MegatronBertForCausalLM(LanguageModelHeadModel):
     """Left-to-right LM (needs is_decoder=True): predict token t+1 from tokens <= t."""
-
-    add_pooling_layer = False
-
-    def __init__(self, config: MegatronBertConfig):
-        super().__init__(config)
-        self.cls = MegatronBertOnlyMLMHead(config)
-        self.post_init()
 
     def forward(self, *args, labels=None, use_cache=None, **kwargs):
         if labels is not None:
