@@ -4,7 +4,7 @@
 #
 # BERT was trained to fill in blanks, not to write. This notebook uses **megabert-tiny**, a small pre-LN
 # Megatron-BERT that ships with `megabert_edu` (4 layers, H = 256, 5.4M parameters, pre-trained by this
-# library on the bundled WordNet corpus in about half an hour of CPU time; see
+# library on the bundled WordNet corpus in about twenty minutes of CPU time; see
 # `megabert_edu/assets/README.md`), in two forms:
 #
 # * the **masked LM** (MLM + NSP pre-training): `fill_mask`, and sampling whole spans by re-masking
@@ -12,7 +12,7 @@
 # * a **causal LM** copy (the same weights trained further left to right, `is_decoder=True`): `generate`,
 #   greedy and sampled, and the **KV cache** that makes left-to-right decoding cheap.
 #
-# These are teaching models: half an hour of CPU pre-training gets the MLM barely past guessing frequent
+# These are teaching models: twenty minutes of CPU pre-training get the MLM just past guessing frequent
 # words, and the causal LM to WordNet-shaped fragments. Watching *how* they fail is part of the lesson.
 #
 # Runs in about 20 seconds on a CPU.
@@ -77,9 +77,11 @@ for text in ["a young [MASK] that is kept as a pet", "a large body of [MASK] wat
     print(f"{text:<50}" + ", ".join(f"{g['token']} {g['score']:.3f}" for g in guesses))
 
 # %% [markdown]
-# Mostly function words ("a", "of", "the") with low confidence: the model is on the *unigram plateau* that
-# small BERTs sit on early in pre-training. It has learned which tokens are frequent, and only a little
-# about which fit here. Compare its guesses with raw token frequencies in the training text:
+# Low confidence, and only partly sensible: function words where a determiner fits ("a", "the"), and
+# elsewhere frequent WordNet *content* words ("person", "genus", "relating") rather than the right one.
+# Small BERTs first sit on a *unigram plateau* (guessing the most frequent tokens everywhere); this model
+# has just left it, and has learned only a little about which word fits here. Compare its guesses with raw
+# token frequencies in the training text:
 
 # %%
 from collections import Counter
