@@ -91,7 +91,8 @@ class MegatronBertSelfAttention(nn.Module):
 
     Two paths, same numbers: the fused ``scaled_dot_product_attention`` kernel when nothing needs the
     attention map, and the explicit softmax(QK^T / sqrt(hs)) V when something does (output_attentions,
-    head_mask, relative positions, or a hook on ``hook_scores`` / ``hook_probs``).
+    head_mask, relative positions, or a hook on ``hook_scores`` / ``hook_probs``) and for attention
+    dropout in CPU training, which the fused CPU kernels lack.
     """
 
     def __init__(self, config: MegatronBertConfig):

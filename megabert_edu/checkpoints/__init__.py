@@ -21,9 +21,9 @@ def load_pretrained(cls, path: str | os.PathLike, config=None, strict: bool = Tr
         return load_hf_directory(cls, p, config=config, strict=strict, **overrides)
     if is_tf_checkpoint(p):  # a prefix, its .index file, or a Google BERT release directory
         return load_tf_checkpoint_model(cls, str(p), config=config, strict=strict)
-    if p.is_file() and p.suffix in (".zip", ".pt"):
-        from .megatron_lm import load_megatron_lm_model
+    from .megatron_lm import is_megatron_lm_checkpoint, load_megatron_lm_model
 
+    if is_megatron_lm_checkpoint(p):
         return load_megatron_lm_model(cls, str(p), strict=strict)
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: not a directory, a TF prefix (.index) or a .zip/.pt file")

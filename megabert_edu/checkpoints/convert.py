@@ -13,8 +13,7 @@ import os
 
 from .. import models
 from ..config import MegatronBertConfig
-from .hf import load_state_dict
-from .megatron_lm import convert_megatron_lm_checkpoint, is_megatron_lm_checkpoint
+from .megatron_lm import is_megatron_lm_checkpoint, load_megatron_lm_model
 from .report import CheckpointError, LoadReport
 from .tf import is_tf_checkpoint, list_tf_variables, load_tf_weights, resolve_tf_prefix, tf_config
 
@@ -51,10 +50,8 @@ def convert(
         model = _tf_model(prefix, tf_config(prefix, config))
         report = load_tf_weights(model, prefix, strict=True)
     elif is_megatron_lm_checkpoint(src):
-        cfg, state_dict = convert_megatron_lm_checkpoint(src, trust_pickle=trust_pickle)
-        has_heads = any(key.startswith("cls.") for key in state_dict)
-        model = (models.MegatronBertForPreTraining if has_heads else models.MegatronBertModel)(cfg)
-        report = load_state_dict(model, state_dict, strict=True, source=os.fspath(src))
+        model = load_megatron_lm_model(None, src, strict=True, trust_pickle=trust_pickle)
+        report = model.load_report
     else:
         raise CheckpointError(
             f"{src} is neither a TF checkpoint (prefix.index) nor a Megatron-LM .zip/.pt file"

@@ -251,11 +251,19 @@ def is_megatron_lm_checkpoint(path: str | os.PathLike) -> bool:
     return os.path.isfile(path) and os.fspath(path).endswith((".zip", ".pt"))
 
 
-def load_megatron_lm_model(cls: type, path: str | os.PathLike, strict: bool = True) -> torch.nn.Module:
-    """``cls.from_pretrained("<...>.zip")``: convert, build the model, load, and keep the report."""
+def load_megatron_lm_model(cls: type | None, path: str | os.PathLike, strict: bool = True,
+                           trust_pickle: bool = False) -> torch.nn.Module:
+    """``cls.from_pretrained("<...>.zip")``: convert, build the model, load, and keep the report.
+
+    cls=None picks the class from the checkpoint: pre-training heads if it has them, else the bare model.
+    """
+    from .. import models
     from .hf import load_state_dict
 
-    config, state_dict = convert_megatron_lm_checkpoint(path)
+    config, state_dict = convert_megatron_lm_checkpoint(path, trust_pickle=trust_pickle)
+    if cls is None:
+        has_heads = any(key.startswith("cls.") for key in state_dict)
+        cls = models.MegatronBertForPreTraining if has_heads else models.MegatronBertModel
     model = cls(config)
     model.load_report = load_state_dict(model, state_dict, strict=strict, source=os.fspath(path))
     return model
