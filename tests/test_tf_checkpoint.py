@@ -156,9 +156,9 @@ def test_crc32c_matches_the_definition(size):
 
 def test_crc32c_across_lane_groups(monkeypatch):
     """Big buffers are checksummed 8192 chunks at a time; make the groups tiny to cross many of them."""
-    from megabert_edu.checkpoints import tf
+    from megabert_edu.checkpoints import tf_bundle
 
-    monkeypatch.setattr(tf, "_GROUP", 3)
+    monkeypatch.setattr(tf_bundle, "_GROUP", 3)
     data = np.random.default_rng(7).integers(0, 256, 40_000, dtype=np.uint8).tobytes()
     assert crc32c(data) == _crc32c_bitwise(data)
 
