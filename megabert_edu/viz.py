@@ -80,10 +80,10 @@ def attention_layers(attentions: Any) -> list[np.ndarray]:
         found = {int(m.group(1)): v for k, v in attentions.items() if (m := PROBS_PATTERN.search(str(k)))}
         if not found:
             raise ValueError("attentions: the cache has no 'encoder.layer.{i}.attention.self.hook_probs' "
-                             f"entries (keys: {sorted(attentions)[:5]}...); run_with_cache(names='hook_probs')")
+                             f"entries (keys: {sorted(attentions)[:5]}...); run_with_cache(names='*.hook_probs')")
         if sorted(found) != list(range(len(found))):
             raise ValueError(f"attentions: the cache has hook_probs for layers {sorted(found)}; "
-                             "cache every layer (names='hook_probs') so the view can number them")
+                             "cache every layer (names='*.hook_probs') so the view can number them")
         attentions = [found[i] for i in range(len(found))]
     if isinstance(attentions, torch.Tensor | np.ndarray) or not isinstance(attentions, Sequence) or not attentions:
         raise TypeError("attentions must be out.attentions (a tuple of (B, nh, T, T) maps, one per layer), "
@@ -586,8 +586,7 @@ def plot_head_importance(scores: torch.Tensor | HeadImportance, *, ax=None, titl
         raise ValueError(f"scores must be a (layers, heads) table; got shape {s.shape}")
     L, H = s.shape
     ax = _axes(ax, (0.5 * H + 2, 0.45 * L + 1.2))
-    colours = plt.get_cmap(cmap).copy()
-    colours.set_bad("lightgrey")
+    colours = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(s), cmap=colours)
     ax.figure.colorbar(im, ax=ax, shrink=0.8)
     if annotate:
