@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import MegatronBertConfig
 from .modeling import get_activation
+from .resizing import resize_bias, resize_rows
 
 
 class MegatronBertPredictionHeadTransform(nn.Module):
@@ -34,6 +35,27 @@ class MegatronBertLMPredictionHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.transform(h))  # (B, T, V)
+
+    def set_decoder(self, decoder: nn.Linear) -> None:
+        """Use another output matrix; its bias becomes the head's bias (one parameter, two names)."""
+        self.decoder = decoder
+        self.bias = decoder.bias
+
+    def resize(self, new_num_tokens: int, tied: bool, mean_resizing: bool, std: float) -> None:
+        """Change the vocabulary size. Tied: the caller re-ties the matrix; the bias grows with zeros (as the
+        reference). Untied: a new decoder whose added rows and bias entries start near the old ones' mean."""
+        old = self.decoder
+        if tied:
+            self.bias = nn.Parameter(resize_bias(self.bias, new_num_tokens, mean_resizing=False))
+            self.decoder.bias = self.bias
+            self.decoder.out_features = new_num_tokens
+            return
+        new = nn.Linear(old.in_features, new_num_tokens, device=old.weight.device, dtype=old.weight.dtype)
+        new.weight = nn.Parameter(resize_rows(old.weight, new_num_tokens, mean_resizing, std),
+                                  requires_grad=old.weight.requires_grad)
+        new.bias = nn.Parameter(resize_bias(self.bias, new_num_tokens, mean_resizing),
+                                requires_grad=self.bias.requires_grad)
+        self.set_decoder(new)
 
 
 class MegatronBertOnlyMLMHead(nn.Module):

@@ -1,29 +1,51 @@
 """MegatronBertModel and the eight task models.
 
 Every task model is ``self.bert`` (a MegatronBertModel) plus a small head. They share one forward
-body (``MegatronBertTaskModel.forward``); each class only says what its head computes and which loss
-it uses. The losses follow the reference's rules exactly.
+body (``MegatronBertTaskModel.run``); each class only says what its head computes and which loss it
+uses (megabert_edu.losses). Each forward names its arguments as transformers does, labels included,
+so ``transformers.Trainer`` finds the label columns. The losses follow the reference's rules exactly.
+
+``return_dict=False`` (or ``config.return_dict=False``, or ``config.torchscript=True``) returns the
+output's non-None fields as a tuple, as in transformers.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import MegatronBertConfig
-from .heads import MegatronBertOnlyMLMHead, MegatronBertOnlyNSPHead, MegatronBertPreTrainingHeads
+from .generation import generate
+from .heads import (
+    MegatronBertLMPredictionHead,
+    MegatronBertOnlyMLMHead,
+    MegatronBertOnlyNSPHead,
+    MegatronBertPreTrainingHeads,
+)
 from .hooks import HookedMixin
+from .losses import causal_lm_loss, choice_loss, sequence_classification_loss, span_loss, token_loss
 from .modeling import MegatronBertEmbeddings, MegatronBertEncoder, MegatronBertPooler
-from .outputs import BaseModelOutput, PreTrainingOutput, QuestionAnsweringOutput, TaskOutput
+from .outputs import (
+    BaseModelOutput,
+    CausalLMOutput,
+    ModelOutput,
+    PreTrainingOutput,
+    QuestionAnsweringOutput,
+    TaskOutput,
+    copy_encoder_fields,
+)
+from .resizing import resize_embedding, rounded_vocab_size
 
 
 class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
-    """Shared plumbing: weight init, tying, head pruning, checkpoints, hooks."""
+    """Shared plumbing: weight init, tying, embeddings, head pruning, checkpointing, checkpoints, hooks."""
 
     base_model_prefix = "bert"
+    main_input_name = "input_ids"  # what transformers' Trainer and pipelines look for
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: MegatronBertConfig):
         super().__init__()
@@ -35,7 +57,11 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
         self.apply(self._init_weights)
         self.tie_weights()
         if self.config.pruned_heads:  # a saved pruned model: rebuild the pruned shapes before loading
-            self.prune_heads(self.config.pruned_heads)
+            plan, self.config.pruned_heads = self.config.pruned_heads, {}
+            self.prune_heads(plan)  # records the plan again, normalised (layer -1 -> L-1)
+        if getattr(self.config, "gradient_checkpointing", False):  # a flag old config.json files carry
+            self.gradient_checkpointing_enable()
+            delattr(self.config, "gradient_checkpointing")  # as transformers: applied once, not saved
 
     def _init_weights(self, module: nn.Module) -> None:
         """N(0, initializer_range) weights, zero biases, identity LayerNorms (as the reference)."""
@@ -47,14 +73,8 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-        elif hasattr(module, "decoder") and isinstance(getattr(module, "bias", None), nn.Parameter):
+        elif isinstance(module, MegatronBertLMPredictionHead):
             nn.init.zeros_(module.bias)  # the LM head's output bias
-
-    def tie_weights(self) -> None:
-        """Share the MLM decoder matrix with the input word embeddings (one tensor, two roles)."""
-        head = getattr(getattr(self, "cls", None), "predictions", None)
-        if head is not None and self.config.tie_word_embeddings:
-            head.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     @property
     def base_model(self) -> MegatronBertModel:
@@ -71,29 +91,127 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied parameters are counted once
 
-    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
-        """Physically remove attention heads: {layer: [heads]}, heads numbered as in the unpruned model."""
-        layers = self.base_model.encoder.layer
-        n_heads = self.config.num_attention_heads
-        for layer, heads in heads_to_prune.items():
-            if not 0 <= int(layer) < len(layers):
-                raise ValueError(f"cannot prune layer {layer}: the model has layers 0..{len(layers) - 1}")
-            bad = [h for h in heads if not 0 <= int(h) < n_heads]
-            if bad:
-                raise ValueError(f"cannot prune heads {bad} of layer {layer}: heads are numbered 0..{n_heads - 1}")
-            attention = layers[int(layer)].attention
-            if len(set(map(int, heads)) | attention.pruned_heads) >= n_heads:
-                raise ValueError(f"cannot prune every head of layer {layer}; keep at least one")
-        for layer, heads in heads_to_prune.items():
-            attention = layers[int(layer)].attention
-            attention.prune_heads(set(map(int, heads)))
-            self.config.pruned_heads[int(layer)] = sorted(attention.pruned_heads)
+    # ---- embeddings ------------------------------------------------------------------------------
 
-    def gradient_checkpointing_enable(self) -> None:
-        self.base_model.encoder.gradient_checkpointing = True
+    def lm_head(self) -> MegatronBertLMPredictionHead | None:
+        """The MLM head whose decoder shares the word-embedding matrix; None for models without one."""
+        return None
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.base_model.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The LM head's decoder (vocabulary scores); None for models without an LM head."""
+        head = self.lm_head()
+        return None if head is None else head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        head = self.lm_head()
+        if head is None:
+            raise AttributeError(f"{type(self).__name__} has no LM head, so no output embeddings to set")
+        head.set_decoder(new_embeddings)
+
+    def tie_weights(self) -> None:
+        """Share the LM decoder matrix with the input word embeddings (one tensor, two roles).
+
+        With config.torchscript the matrix is copied instead, as transformers does: a traced module
+        cannot hold one parameter under two names.
+        """
+        head = self.lm_head()
+        if head is None or not self.config.tie_word_embeddings:
+            return
+        words = self.get_input_embeddings().weight
+        head.decoder.weight = nn.Parameter(words.clone()) if self.config.torchscript else words
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the vocabulary to new_num_tokens (rounded up to a multiple of pad_to_multiple_of).
+
+        Kept rows are unchanged; added rows start near the mean of the old ones (see megabert_edu.resizing).
+        The LM head follows (its bias grows with zeros when tied, as in transformers), config.vocab_size is
+        updated and the weights are re-tied. Returns the word-embedding module.
+        """
+        embeddings = self.get_input_embeddings()
+        if not isinstance(embeddings, nn.Embedding):
+            raise TypeError(f"resize_token_embeddings needs nn.Embedding input embeddings; got "
+                            f"{type(embeddings).__name__}")
+        n = rounded_vocab_size(new_num_tokens, embeddings.num_embeddings, pad_to_multiple_of)
+        if n is None:
+            return embeddings
+        if n != embeddings.num_embeddings:
+            std = self.config.initializer_range
+            resize_embedding(embeddings, n, mean_resizing=mean_resizing, std=std)
+            head = self.lm_head()
+            if head is not None:
+                head.resize(n, tied=self.config.tie_word_embeddings, mean_resizing=mean_resizing, std=std)
+        self.config.vocab_size = n
+        self.vocab_size = n  # transformers sets it too
+        self.tie_weights()
+        return embeddings
+
+    # ---- head pruning ----------------------------------------------------------------------------
+
+    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
+        """Physically remove attention heads: {layer: [heads]}, heads numbered as in the unpruned model.
+
+        Layers may count from the end (-1 is the last, as in transformers) and be ints or strings (as in
+        config.json). Keys naming the same layer are merged before anything is checked or removed.
+        """
+        plan = self.normalise_prune_plan(heads_to_prune)
+        layers = self.base_model.encoder.layer
+        for layer, heads in plan.items():
+            if len(heads | layers[layer].attention.pruned_heads) >= self.config.num_attention_heads:
+                raise ValueError(f"cannot prune every head of layer {layer}; keep at least one")
+        for layer, heads in plan.items():
+            attention = layers[layer].attention
+            attention.prune_heads(heads)
+            self.config.pruned_heads[layer] = sorted(attention.pruned_heads)
+
+    def normalise_prune_plan(self, heads_to_prune) -> dict[int, set[int]]:
+        """{layer: heads} with every layer a non-negative int and every head checked; same-layer keys merged."""
+        if not isinstance(heads_to_prune, dict):
+            raise TypeError(f"heads_to_prune must be a dict {{layer: [heads]}}; got {type(heads_to_prune).__name__}")
+        L, n_heads = len(self.base_model.encoder.layer), self.config.num_attention_heads
+        plan: dict[int, set[int]] = {}
+        for key, heads in heads_to_prune.items():
+            layer = as_index(key, f"layer {key!r}")
+            if not -L <= layer < L:
+                raise ValueError(f"cannot prune layer {key}: the model has layers 0..{L - 1} (or -{L}..-1)")
+            if isinstance(heads, (str, bytes)) or not isinstance(heads, (list, tuple, set, frozenset, range)):
+                raise TypeError(f"heads to prune in layer {key!r} must be a list of head numbers; got {heads!r}")
+            heads = {as_index(h, f"head {h!r} of layer {key!r}") for h in heads}
+            bad = sorted(h for h in heads if not 0 <= h < n_heads)
+            if bad:
+                raise ValueError(f"cannot prune heads {bad} of layer {key}: heads are numbered 0..{n_heads - 1}")
+            plan.setdefault(layer % L, set()).update(heads)
+        return plan
+
+    # ---- gradient checkpointing ------------------------------------------------------------------
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer's activations during backward instead of storing them (less memory, slower).
+
+        gradient_checkpointing_kwargs go to torch.utils.checkpoint.checkpoint; without them use_reentrant=True,
+        the default of transformers 4.57.
+        """
+        if gradient_checkpointing_kwargs is None:
+            gradient_checkpointing_kwargs = {"use_reentrant": True}
+        if not isinstance(gradient_checkpointing_kwargs, dict):
+            raise TypeError("gradient_checkpointing_kwargs must be a dict of torch.utils.checkpoint.checkpoint "
+                            f"arguments, e.g. {{'use_reentrant': False}}; got {type(gradient_checkpointing_kwargs)}")
+        encoder = self.base_model.encoder
+        encoder.gradient_checkpointing_kwargs = dict(gradient_checkpointing_kwargs)
+        encoder.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
         self.base_model.encoder.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.base_model.encoder.gradient_checkpointing
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: MegatronBertConfig | None = None,
@@ -120,21 +238,19 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
         self.pooler = MegatronBertPooler(config) if add_pooling_layer else None
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.word_embeddings
-
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 past_key_values=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None) -> BaseModelOutput:
+                output_hidden_states=None, return_dict=None) -> BaseModelOutput | tuple:
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache = cfg.is_decoder and (cfg.use_cache if use_cache is None else use_cache)
-        B, T = check_tokens(cfg, input_ids, inputs_embeds)
-        past = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # tokens already cached
+        B, T = check_tokens(cfg, input_ids, inputs_embeds, self.dtype)
+        past = cached_length(past_key_values, self.encoder.layer, B)  # tokens already cached
         device = (input_ids if input_ids is not None else inputs_embeds).device
         check_positions_and_types(cfg, position_ids, token_type_ids, B, T, past)
+        check_encoder_states(cfg, encoder_hidden_states, B, self.dtype)
 
         mask = additive_attention_mask(attention_mask, B, T, past + T, cfg.is_decoder, self.dtype, device)
         encoder_mask = None
@@ -143,16 +259,21 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
                                                    False, self.dtype, device, name="encoder_attention_mask")
         head_mask = self.expand_head_mask(head_mask)
 
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past)  # (B, T, H)
-        out = self.encoder(x, mask, head_mask, encoder_hidden_states, encoder_mask, past_key_values,
-                           use_cache, output_attentions, output_hidden_states)
-        pooled = self.pooler(out["last_hidden_state"]) if self.pooler is not None else None
-        return BaseModelOutput(pooler_output=pooled, **out)
+        x = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                            inputs_embeds=inputs_embeds, past_length=past)  # (B, T, H)
+        out = self.encoder(x, mask=mask, head_mask=head_mask, encoder_hidden_states=encoder_hidden_states,
+                           encoder_mask=encoder_mask, past_key_values=past_key_values, use_cache=use_cache,
+                           output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        out.pooler_output = self.pooler(out.last_hidden_state) if self.pooler is not None else None
+        return out if wants_dict(cfg, return_dict) else out.to_tuple()
 
     def expand_head_mask(self, head_mask: torch.Tensor | None) -> torch.Tensor | None:
         """(nh,) for every layer or (L, nh) per layer -> (L, 1, nh, 1, 1), broadcastable against probs."""
         if head_mask is None:
             return None
+        if not isinstance(head_mask, torch.Tensor) or head_mask.is_complex():
+            raise TypeError(f"head_mask must be a tensor of 1 (keep) / 0 (silence) per head, shape (num_heads,) or "
+                            f"(num_layers, num_heads); got {type(head_mask).__name__}")
         L = self.config.num_hidden_layers
         if head_mask.dim() == 1:
             head_mask = head_mask.unsqueeze(0).expand(L, -1)
@@ -166,43 +287,146 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
         return head_mask[:, None, :, None, None].to(self.dtype)
 
 
-def check_tokens(cfg: MegatronBertConfig, input_ids, inputs_embeds) -> tuple[int, int]:
+def wants_dict(cfg: MegatronBertConfig, return_dict: bool | None) -> bool:
+    """return_dict argument, else config.use_return_dict (False under config.torchscript, as transformers)."""
+    return cfg.use_return_dict if return_dict is None else return_dict
+
+
+def as_index(value, what: str) -> int:
+    """An int from an int, a numpy integer or a string of digits (JSON keys); anything else is an error."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, not a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer; got {type(value).__name__}") from None
+
+
+def check_tokens(cfg: MegatronBertConfig, input_ids, inputs_embeds, dtype: torch.dtype) -> tuple[int, int]:
     """Validate input_ids / inputs_embeds; return (B, T). Bad ids fail here, not deep inside an Embedding."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if inputs_embeds is not None:
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
-            raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.hidden_size}); "
-                             f"got {tuple(inputs_embeds.shape)}")
-        return inputs_embeds.shape[0], inputs_embeds.shape[1]
-    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
-        kind = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise TypeError(f"input_ids must be an integer tensor (torch.long), got {kind}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (batch, seq_len); got {tuple(input_ids.shape)}")
-    if input_ids.numel():
+        name, shape = "inputs_embeds", check_embeds(cfg, inputs_embeds, dtype)
+    else:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32):
+            kind = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise TypeError(f"input_ids must be an integer tensor (torch.long or torch.int32), got {kind}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len); got {tuple(input_ids.shape)}")
+        name, shape = "input_ids", tuple(input_ids.shape)
+    if 0 in shape:
+        raise ValueError(f"{name} is empty (shape {shape}): pass at least one sequence of at least one token")
+    if input_ids is not None:
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= cfg.vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is out of range [0, {cfg.vocab_size}) (vocab_size={cfg.vocab_size})")
-    return input_ids.shape
+    return shape
+
+
+def check_embeds(cfg: MegatronBertConfig, inputs_embeds, dtype: torch.dtype) -> tuple[int, int]:
+    if not isinstance(inputs_embeds, torch.Tensor):
+        raise TypeError(f"inputs_embeds must be a tensor (batch, seq_len, hidden); got {type(inputs_embeds).__name__}")
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
+        raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.hidden_size}); "
+                         f"got {tuple(inputs_embeds.shape)}")
+    if inputs_embeds.dtype != dtype:
+        raise TypeError(f"inputs_embeds has dtype {inputs_embeds.dtype} but the model computes in {dtype}; "
+                        f"pass inputs_embeds.to({dtype})")
+    return tuple(inputs_embeds.shape[:2])
 
 
 def check_positions_and_types(cfg: MegatronBertConfig, position_ids, token_type_ids, B: int, T: int, past: int):
     if past + T > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {past + T} (cached {past} + new {T}) is longer than "
                          f"max_position_embeddings={cfg.max_position_embeddings}")
-    max_pos = cfg.max_position_embeddings
-    if position_ids is not None and (position_ids.shape[-1] != T or position_ids.numel() and not
-                                     0 <= int(position_ids.min()) <= int(position_ids.max()) < max_pos):
-        raise ValueError(f"position_ids must have {T} positions in [0, {cfg.max_position_embeddings}); "
-                         f"got shape {tuple(position_ids.shape)}")
-    if token_type_ids is None:
+    if position_ids is not None:
+        check_index_tensor("position_ids", position_ids)
+        if tuple(position_ids.shape) not in ((T,), (1, T), (B, T)):
+            raise ValueError(f"position_ids must have shape ({B}, {T}), (1, {T}) or ({T},): {T} positions per "
+                             f"sequence; got shape {tuple(position_ids.shape)}")
+        check_index_range("position_ids", position_ids, cfg.max_position_embeddings, "max_position_embeddings")
+    if token_type_ids is not None:
+        check_index_tensor("token_type_ids", token_type_ids)
+        if tuple(token_type_ids.shape) != (B, T):
+            raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} does not match input shape {(B, T)}")
+        check_index_range("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size")
+
+
+def check_index_tensor(name: str, ids) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        kind = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {kind}")
+
+
+def check_index_range(name: str, ids: torch.Tensor, limit: int, limit_name: str) -> None:
+    if not 0 <= int(ids.min()) <= int(ids.max()) < limit:
+        raise ValueError(f"{name} must be in [0, {limit}) ({limit_name}={limit}); "
+                         f"got values in [{int(ids.min())}, {int(ids.max())}]")
+
+
+def cached_length(past_key_values, layers: nn.ModuleList, B: int) -> int:
+    """Validate a cache (per layer (k, v) or (k, v, cross_k, cross_v), each (B, nh, S, hs)); return S."""
+    if past_key_values is None:
+        return 0
+    expected = f"a tuple of {len(layers)} per-layer tuples (key, value), as returned with use_cache=True"
+    if not isinstance(past_key_values, (tuple, list)):
+        hint = " (call .to_legacy_cache() on a transformers Cache)" if "Cache" in type(past_key_values).__name__ else ""
+        raise TypeError(f"past_key_values must be {expected}; got {type(past_key_values).__name__}{hint}")
+    if len(past_key_values) != len(layers):
+        raise ValueError(f"past_key_values must be {expected}; got {len(past_key_values)} entries")
+    lengths = set()
+    for i, (entry, layer) in enumerate(zip(past_key_values, layers, strict=True)):
+        if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 4) or not all(
+                isinstance(t, torch.Tensor) for t in entry):
+            got = f"{len(entry)} items" if isinstance(entry, (tuple, list)) else type(entry).__name__
+            raise ValueError(f"past_key_values[{i}] must be (key, value) or (key, value, cross_key, cross_value) "
+                             f"tensors; got {got}")
+        attn = layer.attention.self
+        want = (B, attn.num_attention_heads, attn.attention_head_size)
+        for j, t in enumerate(entry[:2]):
+            if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != want:
+                raise ValueError(f"past_key_values[{i}][{j}] must have shape (batch={B}, heads={want[1]}, cached, "
+                                 f"head_size={want[2]}); got {tuple(t.shape)}")
+        lengths.add(entry[0].shape[2])
+        lengths.add(entry[1].shape[2])
+    if len(lengths) != 1:
+        raise ValueError(f"past_key_values entries cache different numbers of tokens: {sorted(lengths)}")
+    return lengths.pop()
+
+
+def check_encoder_states(cfg: MegatronBertConfig, encoder_hidden_states, B: int, dtype: torch.dtype) -> None:
+    if encoder_hidden_states is None:
         return
-    if tuple(token_type_ids.shape) != (B, T):
-        raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} does not match input shape {(B, T)}")
-    if token_type_ids.numel() and not 0 <= int(token_type_ids.min()) <= int(token_type_ids.max()) < cfg.type_vocab_size:
-        raise ValueError(f"token_type_ids must be in [0, {cfg.type_vocab_size}) (type_vocab_size)")
+    if not cfg.add_cross_attention:
+        raise ValueError("encoder_hidden_states given but the model has no cross-attention "
+                         "(build it with is_decoder=True, add_cross_attention=True)")
+    if not isinstance(encoder_hidden_states, torch.Tensor):
+        raise TypeError(f"encoder_hidden_states must be a tensor (batch, source_len, {cfg.hidden_size}); "
+                        f"got {type(encoder_hidden_states).__name__}")
+    shape = tuple(encoder_hidden_states.shape)
+    if len(shape) != 3 or shape[0] != B or shape[2] != cfg.hidden_size or shape[1] == 0:
+        raise ValueError(f"encoder_hidden_states must have shape ({B}, source_len > 0, {cfg.hidden_size}); "
+                         f"got {shape}")
+    if encoder_hidden_states.dtype != dtype:
+        raise TypeError(f"encoder_hidden_states has dtype {encoder_hidden_states.dtype} but the model computes in "
+                        f"{dtype}")
+
+
+def check_mask_values(mask, name: str) -> None:
+    """A mask holds 1 (attend) and 0 (masked out): bool, int or float. One pass over (B, S) numbers."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of 1 (attend) / 0 (masked); got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return
+    invalid = (mask != 0) & (mask != 1)
+    if bool(invalid.any()):
+        bad = mask[invalid][0].item()
+        raise ValueError(f"{name} must hold only 1 (attend) and 0 (masked), as bool, int or float; got {bad}. "
+                         "An additive mask (0 / -10000 or -inf) is not accepted: pass the 0/1 mask instead")
 
 
 def additive_attention_mask(attention_mask, B: int, T: int, S: int, causal: bool, dtype: torch.dtype,
@@ -216,6 +440,7 @@ def additive_attention_mask(attention_mask, B: int, T: int, S: int, causal: bool
         if not causal or T == 1:
             return None
         attention_mask = torch.ones(B, S, dtype=torch.long, device=device)
+    check_mask_values(attention_mask, name)
     if attention_mask.dim() == 3:  # an explicit (B, T, S) mask is used as given, as in the reference
         if tuple(attention_mask.shape) != (B, T, S):
             raise ValueError(f"{name} shape {tuple(attention_mask.shape)} does not match (batch, query, key) "
@@ -239,49 +464,69 @@ def additive_attention_mask(attention_mask, B: int, T: int, S: int, causal: bool
 
 
 # ---------------------------------------------------------------------------------------------------
-# Task models: one shared forward, a head and a loss each.
+# Task models: one shared body, a head and a loss each. Each forward lists its arguments (labels included)
+# in the reference's order, so positional calls, Trainer's label detection and column pruning all work.
 
 
 class MegatronBertTaskModel(MegatronBertPreTrainedModel):
-    """`self.bert` plus a head. Subclasses set `add_pooling_layer`, `label_names` and `head()`."""
+    """`self.bert` plus a head. Subclasses set `add_pooling_layer` and `head()`."""
 
     add_pooling_layer = True
-    label_names: tuple[str, ...] = ("labels",)
 
     def __init__(self, config: MegatronBertConfig):
         super().__init__(config)
         self.bert = MegatronBertModel(config, add_pooling_layer=self.add_pooling_layer)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None, **kwargs):
-        labels = {name: kwargs.pop(name, None) for name in self.label_names}
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs)
-        result = self.head(out, **labels)
-        for name in ("hidden_states", "attentions", "cross_attentions", "past_key_values"):
-            if hasattr(result, name):
-                setattr(result, name, getattr(out, name))
-        return result
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None) -> ModelOutput | tuple:
+        """input_ids (B, T); labels as the head expects (its docstring)."""
+        return self.run(dict(labels=labels), return_dict, input_ids=input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
+                        inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states)
 
-    def head(self, out: BaseModelOutput, **labels):
+    def run(self, labels: dict, return_dict: bool | None, **inputs) -> ModelOutput | tuple:
+        """The shared body: the encoder, the head (and its loss), the encoder's optional outputs copied over."""
+        out = self.bert(**inputs, return_dict=True)
+        result = copy_encoder_fields(self.head(out, **labels), out)
+        return result if wants_dict(self.config, return_dict) else result.to_tuple()
+
+    def head(self, out: BaseModelOutput, **labels) -> ModelOutput:
         raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
 
 
 class MegatronBertForPreTraining(MegatronBertTaskModel):
     """MLM + NSP, as BERT was pre-trained. The loss needs both label sets (their sum)."""
-
-    label_names = ("labels", "next_sentence_label")
 
     def __init__(self, config: MegatronBertConfig):
         super().__init__(config)
         self.cls = MegatronBertPreTrainingHeads(config)
         self.post_init()
 
+    def lm_head(self) -> MegatronBertLMPredictionHead:
+        return self.cls.predictions
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None) -> PreTrainingOutput | tuple:
+        return self.run(dict(labels=labels, next_sentence_label=next_sentence_label), return_dict,
+                        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+
     def head(self, out, labels=None, next_sentence_label=None):
-        logits, nsp_logits = self.cls(out.last_hidden_state, out.pooler_output)
+        """labels (B, T): token ids or -100; next_sentence_label (B,): 0 = B follows A, 1 = random."""
+        logits, nsp_logits = self.cls(out.last_hidden_state, out.pooler_output)  # (B, T, V), (B, 2)
         loss = None
         if labels is not None and next_sentence_label is not None:
-            loss = token_loss(logits, labels) + F.cross_entropy(nsp_logits.view(-1, 2), next_sentence_label.view(-1))
+            loss = token_loss(self.name, logits, labels) + choice_loss(
+                self.name, nsp_logits, next_sentence_label, name="next_sentence_label",
+                meaning="batch: 0 = sentence B follows A, 1 = B is random")
         return PreTrainingOutput(loss=loss, prediction_logits=logits, seq_relationship_logits=nsp_logits)
 
 
@@ -295,34 +540,52 @@ class LanguageModelHeadModel(MegatronBertTaskModel):
         self.cls = MegatronBertOnlyMLMHead(config)
         self.post_init()
 
+    def lm_head(self) -> MegatronBertLMPredictionHead:
+        return self.cls.predictions
+
 
 class MegatronBertForMaskedLM(LanguageModelHeadModel):
     """Predict the masked tokens (labels -100 are ignored)."""
 
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None) -> TaskOutput | tuple:
+        return self.run(dict(labels=labels), return_dict, input_ids=input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
+                        inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+                        encoder_attention_mask=encoder_attention_mask, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states)
+
     def head(self, out, labels=None):
-        logits = self.cls(out.last_hidden_state)
-        return TaskOutput(loss=None if labels is None else token_loss(logits, labels), logits=logits)
+        """labels (B, T): the original token id at masked positions, -100 elsewhere."""
+        logits = self.cls(out.last_hidden_state)  # (B, T, V)
+        return TaskOutput(loss=None if labels is None else token_loss(self.name, logits, labels), logits=logits)
 
 
 class MegatronBertForCausalLM(LanguageModelHeadModel):
     """Left-to-right LM (needs is_decoder=True): predict token t+1 from tokens <= t."""
 
-    def forward(self, *args, labels=None, use_cache=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None) -> CausalLMOutput | tuple:
         if labels is not None:
             use_cache = False  # training: no cache to return (as the reference)
-        return super().forward(*args, labels=labels, use_cache=use_cache, **kwargs)
+        return self.run(dict(labels=labels), return_dict, input_ids=input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
+                        inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+                        encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
+                        use_cache=use_cache, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states)
 
     def head(self, out, labels=None):
-        logits = self.cls(out.last_hidden_state)
-        loss = None
-        if labels is not None:  # shift: the logits at t are scored against the label at t + 1
-            loss = token_loss(logits[:, :-1].float(), labels[:, 1:])
-        return TaskOutput(loss=loss, logits=logits)
+        """labels (B, T): usually the input ids themselves (the shift happens here), -100 where not scored."""
+        logits = self.cls(out.last_hidden_state)  # (B, T, V)
+        return CausalLMOutput(loss=None if labels is None else causal_lm_loss(self.name, logits, labels),
+                              logits=logits)
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         """KV-cached decoding; see megabert_edu.generation.generate for the options."""
-        from .generation import generate
-
         return generate(self, input_ids, **kwargs)
 
 
@@ -335,8 +598,10 @@ class MegatronBertForNextSentencePrediction(MegatronBertTaskModel):
         self.post_init()
 
     def head(self, out, labels=None):
-        logits = self.cls(out.pooler_output)
-        loss = None if labels is None else F.cross_entropy(logits.view(-1, 2), labels.view(-1))
+        """labels (B,): 0 = sentence B follows A, 1 = B is random."""
+        logits = self.cls(out.pooler_output)  # (B, 2)
+        loss = None if labels is None else choice_loss(self.name, logits, labels,
+                                                       meaning="batch: 0 = sentence B follows A, 1 = B is random")
         return TaskOutput(loss=loss, logits=logits)
 
 
@@ -350,8 +615,11 @@ class MegatronBertForSequenceClassification(MegatronBertTaskModel):
         self.post_init()
 
     def head(self, out, labels=None):
+        """labels (B,) class ids; (B,) floats for regression; (B, num_labels) 0/1 for multi-label."""
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
+        loss = None
+        if labels is not None:
+            loss = sequence_classification_loss(self.name, self.config.problem_type, logits, labels)
         return TaskOutput(loss=loss, logits=logits)
 
 
@@ -364,23 +632,42 @@ class MegatronBertForMultipleChoice(MegatronBertTaskModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                head_mask=None, inputs_embeds=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None) -> TaskOutput | tuple:
         """Inputs are (B, C, T): every choice is run as its own sequence, (B*C, T)."""
-        C = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        C = number_of_choices(input_ids, inputs_embeds)
+        return self.run(dict(labels=labels, num_choices=C), return_dict, input_ids=flatten_choices(input_ids),
+                        attention_mask=flatten_choices(attention_mask), token_type_ids=flatten_choices(token_type_ids),
+                        position_ids=flatten_choices(position_ids), head_mask=head_mask,
+                        inputs_embeds=flatten_choices(inputs_embeds), output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states)
 
-        def flat(t):
-            return None if t is None else t.reshape(-1, *t.shape[2:])  # (B, C, T, ...) -> (B*C, T, ...)
+    def head(self, out, labels=None, num_choices: int = 1):
+        """labels (B,): the index of the right choice."""
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B*C, 1) -> (B, C)
+        return TaskOutput(loss=None if labels is None else choice_loss(self.name, logits, labels), logits=logits)
 
-        out = super().forward(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                              head_mask, flat(inputs_embeds), **kwargs)
-        out.logits = out.logits.view(-1, C)  # (B, C)
-        if labels is not None:
-            out.loss = F.cross_entropy(out.logits, labels)
-        return out
 
-    def head(self, out, labels=None):
-        return TaskOutput(logits=self.classifier(self.dropout(out.pooler_output)))  # (B*C, 1)
+def number_of_choices(input_ids, inputs_embeds) -> int:
+    if input_ids is not None:
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:
+            return input_ids.shape[1]
+        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"MegatronBertForMultipleChoice: input_ids must have shape (batch, num_choices, seq_len); "
+                         f"got {got}")
+    if isinstance(inputs_embeds, torch.Tensor) and inputs_embeds.dim() == 4:
+        return inputs_embeds.shape[1]
+    got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds).__name__
+    raise ValueError("MegatronBertForMultipleChoice: inputs_embeds must have shape (batch, num_choices, seq_len, "
+                     f"hidden); got {got}")
+
+
+def flatten_choices(t):
+    """(B, C, T, ...) -> (B*C, T, ...): each choice becomes its own sequence."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 3:
+        return t  # None, or left for the model's own shape checks to name
+    return t.reshape(-1, *t.shape[2:])
 
 
 class MegatronBertForTokenClassification(MegatronBertTaskModel):
@@ -395,54 +682,37 @@ class MegatronBertForTokenClassification(MegatronBertTaskModel):
         self.post_init()
 
     def head(self, out, labels=None):
+        """labels (B, T): a class id per token, -100 where not scored."""
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        return TaskOutput(loss=None if labels is None else token_loss(logits, labels), logits=logits)
+        return TaskOutput(loss=None if labels is None else token_loss(self.name, logits, labels), logits=logits)
 
 
 class MegatronBertForQuestionAnswering(MegatronBertTaskModel):
     """Extractive QA: a start and an end logit per token."""
 
     add_pooling_layer = False
-    label_names = ("start_positions", "end_positions")
 
     def __init__(self, config: MegatronBertConfig):
         super().__init__(config)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None) -> QuestionAnsweringOutput | tuple:
+        return self.run(dict(start_positions=start_positions, end_positions=end_positions), return_dict,
+                        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+
     def head(self, out, start_positions=None, end_positions=None):
+        """start_positions, end_positions (B,): token indices of the answer span (past the input: ignored)."""
         start, end = self.qa_outputs(out.last_hidden_state).split(1, dim=-1)  # (B, T, 1) each
         start, end = start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
         loss = None
         if start_positions is not None and end_positions is not None:
-            # Answers outside the (possibly truncated) input are clamped to T and then ignored.
-            T = start.shape[1]
-            s = start_positions.view(-1).clamp(0, T)
-            e = end_positions.view(-1).clamp(0, T)
-            loss = (F.cross_entropy(start, s, ignore_index=T) + F.cross_entropy(end, e, ignore_index=T)) / 2
+            loss = span_loss(self.name, start, end, start_positions, end_positions)
         return QuestionAnsweringOutput(loss=loss, start_logits=start, end_logits=end)
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over tokens whose label is not -100."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-
-
-def sequence_classification_loss(cfg: MegatronBertConfig, logits: torch.Tensor, labels: torch.Tensor):
-    """The reference's problem_type rules: 1 label -> MSE; integer labels -> CE; otherwise BCE."""
-    problem = cfg.problem_type
-    if problem is None:
-        if cfg.num_labels == 1:
-            problem = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
-    if problem == "regression":
-        return F.mse_loss(logits.squeeze(), labels.squeeze()) if cfg.num_labels == 1 else F.mse_loss(logits, labels)
-    if problem == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, cfg.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 TASK_MODELS = (MegatronBertForPreTraining, MegatronBertForMaskedLM, MegatronBertForCausalLM,
