@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
+
+from .checkpoints.convert import add_convert_subcommand
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -75,18 +79,50 @@ def demo(args: argparse.Namespace) -> None:
     print(f"  embedding drift after pruning: {(before - after).norm(dim=-1).max():.3f} (max L2 over sentences)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m megabert_edu", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="load real MiniLM weights, look at its attention, prune two heads")
-    from .checkpoints.convert import add_convert_subcommand
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (and still exit status 2)."""
 
-    add_convert_subcommand(sub)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        demo(args)
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(error: BaseException, args: argparse.Namespace) -> str:
+    """An exception as one line that names the file: the message, its lines joined, the path put first."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
     else:
+        message = " ".join(str(error).split()) or type(error).__name__
+    source = str(getattr(args, args.source)) if getattr(args, "source", None) else ""
+    if source and source not in message:
+        message = f"{source}: {message}"
+    return f"error: {message}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m megabert_edu`` parser: ``demo`` and ``convert``, each with ``--debug``."""
+    parser = _Parser(prog="python -m megabert_edu", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # (on a sub-command, --debug must not reset a --debug given before the sub-command: SUPPRESS)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    demo_parser = sub.add_parser("demo", help="load real MiniLM weights, look at its attention, prune two heads",
+                                 parents=[debug])
+    demo_parser.set_defaults(func=demo)
+    add_convert_subcommand(sub, parents=[debug])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a command. A failure prints one line to stderr and exits with status 1 (``--debug``: traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
         args.func(args)
+    except Exception as e:  # every failure, ours or not, is one readable line unless --debug asks for more
+        if args.debug:
+            raise
+        print(_one_line(e, args), file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -123,7 +123,12 @@ def test_megatron_lm_zip_converts(tmp_path):
     with zipfile.ZipFile(tmp_path / "megatron.zip", "w") as z:
         z.write(tmp_path / "model_optim_rng.pt", "release/mp_rank_00/model_optim_rng.pt")
 
-    report = convert(tmp_path / "megatron.zip", tmp_path / "out")
+    # Saved without its args, the file does not say how many heads it has: that must be given.
+    with pytest.raises(CheckpointError, match=r"megatron\.zip stores no args\.num_attention_heads"):
+        convert(tmp_path / "megatron.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    report = convert(tmp_path / "megatron.zip", tmp_path / "out", config=tmp_path / "config.json")
     assert report.ok and not report.unexpected
     converted = MegatronBertForPreTraining.from_pretrained(tmp_path / "out").eval()
     assert converted.config.layer_norm_eps == 1e-5
@@ -142,9 +147,13 @@ def test_tf_checkpoint_without_config_needs_the_config_flag(tmp_path, capsys):
     assert "loaded 46" in capsys.readouterr().out
 
 
-def test_cli_reports_errors_without_a_traceback(tmp_path):
-    with pytest.raises(SystemExit, match="error: .*neither a TF checkpoint"):
-        main(["convert", str(tmp_path / "nothing-here"), str(tmp_path / "out")])
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(tmp_path / "notes.txt"), str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "notes.txt is neither a TF checkpoint" in err
 
 
 def test_python_dash_m_entry_point(tmp_path):

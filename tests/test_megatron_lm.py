@@ -38,13 +38,13 @@ def known() -> torch.nn.Module:
     return model
 
 
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, version: float) -> torch.Tensor:
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, version: float, heads: int = HEADS) -> torch.Tensor:
     """Megatron's fused row order, written out index by index from the documented layouts:
     0: [Q | K | V]
     1.0: row (head * head_dim + dim) * 3 + which
     >= 2.0: row (head * 3 + which) * head_dim + dim
     """
-    head_dim = HIDDEN // HEADS
+    head_dim = HIDDEN // heads
     parts = (q, k, v)
     rows = []
     for r in range(3 * HIDDEN):
@@ -66,6 +66,7 @@ def megatron_checkpoint(
     args=True,
     dtype=torch.float32,
     extra_vocab_rows=0,
+    heads=HEADS,
 ) -> dict:
     """The dict NVIDIA's model_optim_rng.pt holds, made from a transformers model's weights."""
     sd = {k: v.detach().clone().to(dtype) for k, v in model.state_dict().items()}
@@ -75,7 +76,7 @@ def megatron_checkpoint(
         for leaf in ("weight", "bias"):
             layers[theirs + f"input_layernorm.{leaf}"] = sd[ours + f"attention.ln.{leaf}"]
             qkv = [sd[ours + f"attention.self.{p}.{leaf}"] for p in ("query", "key", "value")]
-            layers[theirs + f"{attention}.query_key_value.{leaf}"] = fuse_qkv(*qkv, version)
+            layers[theirs + f"{attention}.query_key_value.{leaf}"] = fuse_qkv(*qkv, version, heads)
             layers[theirs + f"{attention}.dense.{leaf}"] = sd[ours + f"attention.output.dense.{leaf}"]
             layers[theirs + f"post_attention_layernorm.{leaf}"] = sd[ours + f"ln.{leaf}"]
             layers[theirs + f"mlp.dense_h_to_4h.{leaf}"] = sd[ours + f"intermediate.dense.{leaf}"]
@@ -115,7 +116,7 @@ def megatron_checkpoint(
         checkpoint["checkpoint_version"] = version
     if args:
         checkpoint["args"] = argparse.Namespace(
-            hidden_size=HIDDEN, num_layers=LAYERS, num_attention_heads=HEADS, ffn_hidden_size=256,
+            hidden_size=HIDDEN, num_layers=LAYERS, num_attention_heads=heads, ffn_hidden_size=256,
             max_position_embeddings=32, padded_vocab_size=VOCAB, layernorm_epsilon=1e-5,
             tokenizer_type="BertWordPieceLowerCase",
         )  # fmt: skip
@@ -211,7 +212,7 @@ def test_the_pt_file_itself_in_fp16(tmp_path, known):
 
 def test_without_args_sizes_come_from_shapes_and_epsilon_is_megatrons(tmp_path, known):
     torch.save(megatron_checkpoint(known, args=False, version=0), tmp_path / "old.pt")
-    config, state_dict = convert_megatron_lm_checkpoint(tmp_path / "old.pt")
+    config, state_dict = convert_megatron_lm_checkpoint(tmp_path / "old.pt", num_attention_heads=HEADS)
     assert config.layer_norm_eps == 1e-5  # Megatron's default, not BERT's 1e-12
     assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == (HIDDEN, HEADS, 256)
     assert (config.max_position_embeddings, config.num_hidden_layers) == (32, LAYERS)
