@@ -24,7 +24,8 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
+
+from .precision import PRECISIONS, Precision, choose_precision
 
 IGNORE_INDEX = -100  # labels with this value are skipped by the losses and the metrics
 
@@ -63,7 +66,7 @@ def as_dataset(data) -> Dataset:
 
 
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cut the padding columns no row of this batch uses (datasets are padded to their longest row).
+    """Cut the trailing padding columns no row of this batch uses (datasets are padded to their longest row).
 
     Attention cost grows with T^2, so a batch of short texts should not pay for the longest one.
     Every tensor shaped like attention_mask (ids, types, token labels) is cut the same way.
@@ -71,7 +74,10 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     mask = batch.get("attention_mask")
     if mask is None:
         return batch
-    T = int(mask.reshape(-1, mask.shape[-1]).sum(1).max())
+    used = mask.reshape(-1, mask.shape[-1]).bool().any(0)  # (T,): columns some row attends to
+    # Keep everything up to the last used column: right padding is cut, left padding (which sets
+    # the positions of the real tokens after it) is kept, and no real token is ever dropped.
+    T = int(used.nonzero().max()) + 1 if bool(used.any()) else mask.shape[-1]
     return {k: v[..., :T] if torch.is_tensor(v) and v.shape == mask.shape else v for k, v in batch.items()}
 
 
@@ -142,7 +148,67 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
 
 
 # ---------------------------------------------------------------------------------------------------
-# The loop
+# The loop: a TrainConfig, one optimizer step (`train_step`), and `train` around them
+
+
+ON_NAN = ("raise", "skip")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of `train`. Pass one, or give fields as keywords: train(model, data, lr=1e-4)."""
+
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 32  # per process and per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float | int = 0.1  # a fraction of the steps (< 1) or a number of steps
+    max_grad_norm: float = 1.0  # 0 or None: no clipping
+    collate_fn: Callable | None = None  # list of records -> batch dict
+    eval_every: int | None = None  # evaluate every N steps (and always at the end)
+    eval_batch_size: int | None = None  # default: batch_size
+    seed: int = 0
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16", see megabert_edu.precision
+    cpu_bf16: bool = False  # with precision="auto": bf16 autocast on CPUs with AMX/AVX512-BF16
+    gradient_checkpointing: bool = False
+    device: str | torch.device | None = None  # default: this process's GPU, else the CPU
+    progress: bool = True
+    log_every: int = 50
+    max_seconds: float | None = None  # stop early; the schedule is still planned for the full run
+    on_nan: str = "raise"  # a non-finite loss or gradient norm: "raise" an error, or "skip" the step
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("max_steps", "eval_every", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1 or None, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.warmup < 0:
+            raise ValueError(f"TrainConfig.warmup must be >= 0 (a fraction < 1 or a step count), got {self.warmup!r}")
+        if self.on_nan not in ON_NAN:
+            raise ValueError(f"TrainConfig.on_nan must be one of {ON_NAN}, got {self.on_nan!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+def make_train_config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """`config` (or the defaults) with keyword overrides applied; an unknown keyword is a TypeError."""
+    overrides = dict(overrides)
+    if "bf16" in overrides:  # the keyword train() had before TrainConfig: True -> bf16, False -> fp32
+        bf16 = overrides.pop("bf16")
+        overrides.setdefault("precision", "auto" if bf16 is None else "bf16" if bf16 else "fp32")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"train() got unknown keyword argument(s) {unknown}; TrainConfig fields are {sorted(known)}")
+    return replace(config if config is not None else TrainConfig(), **overrides)
 
 
 @dataclass
@@ -152,101 +218,181 @@ class TrainResult:
     model: nn.Module
     steps: int
     seconds: float
-    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr"} and {"step", "eval": {...}}
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr"}, {"step", "eval"}, {"step", "skipped"}
     metrics: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0  # steps dropped for a non-finite loss or gradient (on_nan="skip")
+    precision: str = "fp32"  # what choose_precision picked, and why
 
 
-def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_steps: int | None = None,
-          batch_size: int = 32, grad_accum_steps: int = 1, lr: float = 5e-5, weight_decay: float = 0.01,
-          warmup: float | int = 0.1, max_grad_norm: float = 1.0, collate_fn: Callable | None = None,
-          eval_every: int | None = None, eval_batch_size: int | None = None, seed: int = 0,
-          bf16: bool | None = None, gradient_checkpointing: bool = False,
-          device: str | torch.device | None = None, progress: bool = True, log_every: int = 50,
-          max_seconds: float | None = None) -> TrainResult:
+@dataclass
+class Trainer:
+    """What one optimizer step needs besides the data; built once by `train`."""
+
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # scales the loss for fp16; a pass-through otherwise
+    precision: Precision
+    config: TrainConfig
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over the micro-batches
+    grad_norm: float  # before clipping
+    skipped: bool
+
+
+def train_step(t: Trainer, micro_batches: list[dict], step: int) -> StepResult:
+    """One optimizer step: forward and backward on each micro-batch, check, clip, update.
+
+    The gradients of the micro-batches add up, so dividing each loss by their number gives the
+    gradient of the mean: the same step as one big batch.
+    """
+    losses = []
+    for i, batch in enumerate(micro_batches):
+        batch = to_device(trim_padding(batch), t.precision.device)
+        last = i == len(micro_batches) - 1
+        # Between optimizer steps DDP need not average gradients: no_sync skips the all-reduce.
+        sync = nullcontext() if last or t.net is t.model else t.net.no_sync()
+        with sync:
+            loss = forward_loss(t, batch, step)
+            t.scaler.scale(loss / len(micro_batches)).backward()
+        losses.append(loss.detach().float())
+    loss = torch.stack(losses).mean()
+    t.scaler.unscale_(t.optimizer)  # fp16: back to true gradients before measuring / clipping them
+    # Clip the global gradient norm: one bad batch cannot throw the weights far away.
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.config.max_grad_norm or float("inf"))
+    if not all_finite(t, loss, grad_norm):
+        # Checked before optimizer.step: the weights still hold the last good values.
+        t.optimizer.zero_grad(set_to_none=True)
+        if t.config.on_nan == "raise":
+            raise FloatingPointError(f"step {step}: the loss is {loss.item()} and the gradient norm "
+                                     f"{grad_norm.item()}; stopped before updating the weights (they hold the "
+                                     f"values after step {step - 1}). Lower lr, check the data, or on_nan='skip'")
+        t.scheduler.step()
+        t.scaler.update()
+        return StepResult(loss.item(), grad_norm.item(), skipped=True)
+    t.scaler.step(t.optimizer)  # = optimizer.step() unless fp16 overflowed (then the scaler skips it)
+    t.scaler.update()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss.item(), grad_norm.item(), skipped=False)
+
+
+def forward_loss(t: Trainer, batch: dict, step: int) -> torch.Tensor:
+    """The model's loss on one micro-batch, under the chosen autocast."""
+    try:
+        with t.precision.autocast():
+            loss = t.net(**batch).loss
+    except IndexError as error:  # cross_entropy's "Target 7 is out of bounds"
+        raise ValueError(f"step {step}: a label in train_data is out of range for the model ({error}); labels "
+                         f"must be class / token ids in [0, number of classes) or -100") from error
+    if loss is None:
+        raise ValueError(f"the model returned no loss: train_data has no labels (batch keys {sorted(batch)}; "
+                         f"a task model needs e.g. 'labels')")
+    return loss
+
+
+def all_finite(t: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    """Loss and gradient norm finite? With fp16 an infinite gradient is the scaler's business (it skips
+    the step and lowers its scale), not an error. Under DDP every process takes the same decision."""
+    finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) | t.scaler.is_enabled())
+    if t.net is not t.model:
+        finite = finite.to(t.precision.device, torch.int32)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
+def optimizer_steps(loader: DataLoader, sampler: DistributedSampler, epochs: int, grad_accum_steps: int):
+    """Yield the micro-batches of each optimizer step, epoch after epoch (the last group may be short)."""
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
+        group = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == grad_accum_steps:
+                yield group
+                group = []
+        if group:
+            yield group
+
+
+def train(model: nn.Module, train_data, eval_data=None, config: TrainConfig | None = None,
+          **overrides) -> TrainResult:
     """Train `model` on `train_data`; evaluate on `eval_data` every `eval_every` steps and at the end.
 
-    batch_size is per process and per micro-batch: one optimizer step sees
-    batch_size x grad_accum_steps x world_size examples. `warmup` is a fraction of the steps (< 1)
-    or a number of steps. bf16 defaults to on for CUDA. `max_seconds` stops early (the schedule is
-    still planned for the full run). Dropout is the only randomness besides shuffling and masking.
+    Settings come from `config` (a TrainConfig) and/or keywords naming its fields. One optimizer
+    step sees batch_size x grad_accum_steps x world_size examples. The precision is chosen per
+    device by `megabert_edu.precision.choose_precision` (bf16 on modern GPUs, fp16 with loss
+    scaling on older ones, fp32 on a CPU). A non-finite loss or gradient stops training with an
+    error naming the step (or skips that step with on_nan="skip"); the weights are never updated
+    with it. Dropout is the only randomness besides shuffling and masking.
     """
+    if isinstance(eval_data, TrainConfig):
+        raise TypeError("train(model, train_data, eval_data=None, config=None): pass the TrainConfig as config=...")
+    cfg = make_train_config(config, overrides)
     rank, world = setup_distributed()
-    device = torch.device(device) if device is not None else default_device(rank)
-    seed_everything(seed + rank)  # each process its own dropout / masking noise, reproducibly
-    bf16 = device.type == "cuda" if bf16 is None else bf16
+    device = torch.device(cfg.device) if cfg.device is not None else default_device(rank)
+    precision = choose_precision(device, cfg.precision, cfg.cpu_bf16)
+    seed_everything(cfg.seed + rank)  # each process its own dropout / masking noise, reproducibly
+    dataset = as_dataset(train_data)
+    if len(dataset) == 0:
+        raise ValueError("train_data is empty: nothing to train on")
     model.to(device)
-    if gradient_checkpointing:
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
-    dataset = as_dataset(train_data)
     # One sampler for 1 or N processes: a seeded permutation per epoch, process r takes every
     # world-th index starting at r, so the N micro-batches of step k together are exactly the
     # single-process batch of batch_size x N examples.
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
-    steps_per_epoch = math.ceil(len(loader) / grad_accum_steps)
-    total_steps = max_steps if max_steps is not None else epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup_steps = int(warmup * total_steps) if warmup < 1 else int(warmup)
-
-    optimizer = make_optimizer(model, lr, weight_decay)
-    scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
-    ddp = DistributedDataParallel(model) if world > 1 else None
-    net = ddp if ddp is not None else model
-    result = TrainResult(model=model, steps=0, seconds=0.0)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=cfg.collate_fn)
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
+    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup * total_steps) if cfg.warmup < 1 else int(cfg.warmup)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    t = Trainer(net=DistributedDataParallel(model) if world > 1 else model, model=model, optimizer=optimizer,
+                scheduler=linear_schedule(optimizer, warmup_steps, total_steps), scaler=precision.grad_scaler(),
+                precision=precision, config=cfg)
+    result = TrainResult(model=model, steps=0, seconds=0.0, precision=precision.reason)
+    evaluate_now = partial(evaluate, model, eval_data, cfg.eval_batch_size or cfg.batch_size, cfg.collate_fn,
+                           device, precision)
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="train", disable=not progress or rank != 0)
-    running, n_running = 0.0, 0
+    bar = tqdm(total=total_steps, desc="train", disable=not cfg.progress or rank != 0)
+    logged_losses = []
 
     model.train()
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
-        n_batches = len(loader)
-        for i, batch in enumerate(loader):
-            group_start = i - i % grad_accum_steps
-            group_size = min(grad_accum_steps, n_batches - group_start)  # the last group may be short
-            last_in_group = i == group_start + group_size - 1
-            batch = to_device(trim_padding(batch), device)
-            # Between optimizer steps DDP need not average gradients: no_sync skips the all-reduce.
-            sync = nullcontext() if ddp is None or last_in_group else ddp.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = net(**batch).loss
-                (loss / group_size).backward()  # accumulate the mean over the group's micro-batches
-            running, n_running = running + loss.item(), n_running + 1
-            if not last_in_group:
-                continue
-            if max_grad_norm:
-                # Clip the global gradient norm: one bad batch cannot throw the weights far away.
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.steps += 1
-            bar.update(1)
-            if result.steps % log_every == 0 or result.steps == total_steps:
-                entry = {"step": result.steps, "loss": running / n_running, "lr": scheduler.get_last_lr()[0]}
-                result.history.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                running, n_running = 0.0, 0
-            eval_now = eval_every and result.steps % eval_every == 0 and result.steps < total_steps
-            if eval_data is not None and eval_now:
-                metrics = evaluate(model, eval_data, eval_batch_size or batch_size, collate_fn, device, bf16)
-                result.history.append({"step": result.steps, "eval": metrics})
-                model.train()
-            out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
-            if result.steps >= total_steps or out_of_time:
-                break
+    for micro_batches in optimizer_steps(loader, sampler, math.ceil(total_steps / steps_per_epoch),
+                                         cfg.grad_accum_steps):
+        step = result.steps + 1
+        outcome = train_step(t, micro_batches, step)
+        result.steps = step
+        bar.update(1)
+        if outcome.skipped:
+            result.skipped_steps += 1
+            result.history.append({"step": step, "skipped": f"loss {outcome.loss}, grad norm {outcome.grad_norm}"})
         else:
-            continue
-        break
+            logged_losses.append(outcome.loss)
+        if logged_losses and (step % cfg.log_every == 0 or step == total_steps):
+            entry = {"step": step, "loss": sum(logged_losses) / len(logged_losses), "lr": t.scheduler.get_last_lr()[0]}
+            result.history.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+            logged_losses = []
+        if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+            result.history.append({"step": step, "eval": evaluate_now()})
+            model.train()
+        out_of_time = cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds
+        if step >= total_steps or out_of_time:
+            break
     bar.close()
     model.eval()
-    if gradient_checkpointing:
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     result.seconds = time.perf_counter() - start
     if eval_data is not None:
-        result.metrics = evaluate(model, eval_data, eval_batch_size or batch_size, collate_fn, device, bf16)
+        result.metrics = evaluate_now()
         result.history.append({"step": result.steps, "eval": result.metrics})
     return result
 
@@ -300,14 +446,17 @@ def span_metrics(pred_start, pred_end, gold_start, gold_end) -> dict[str, float]
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int = 64, collate_fn: Callable | None = None,
-             device: str | torch.device | None = None, bf16: bool = False) -> dict[str, float]:
+             device: str | torch.device | None = None, precision: Precision | str = "fp32") -> dict[str, float]:
     """Loss and task metrics on `data`, chosen from what the model returns:
 
     classification / multiple choice / NSP: accuracy, f1 (macro); token classification: accuracy,
     f1 over the tagged tokens; masked LM: accuracy of the masked tokens and perplexity;
     pre-training: mlm_accuracy, perplexity, nsp_accuracy; QA: exact_match, f1.
+    `precision` is a Precision from choose_precision, or a name for it ("auto", "fp32", "bf16", "fp16").
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if not isinstance(precision, Precision):
+        precision = choose_precision(device, precision)
     loader = DataLoader(as_dataset(data), batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     model.eval()
     total_loss, n_examples, token_loss, n_tokens = 0.0, 0, 0.0, 0
@@ -318,7 +467,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 64, collate_fn: Callable 
 
     for batch in loader:
         batch = to_device(trim_padding(batch), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with precision.autocast():
             out = model(**batch)
         n = len(batch["input_ids"])
         if out.loss is not None:
@@ -420,7 +569,9 @@ class MLMCollator:
             pick_word = self.uniform(word.shape[0], int(word.max()) + 1) < self.mlm_probability  # (B, W+1)
             picked = pick_word.gather(1, word) & maskable & (word > 0)
         else:
+            word = None
             picked = (self.uniform(*input_ids.shape) < self.mlm_probability) & maskable
+        picked = self.at_least_one(picked, maskable, word)
         labels = input_ids.masked_fill(~picked, IGNORE_INDEX)
         roll = self.uniform(*input_ids.shape)
         ids = input_ids.clone()
@@ -429,6 +580,22 @@ class MLMCollator:
         ids[random_tokens] = torch.randint(len(self.continues_word), (int(random_tokens.sum()),),
                                            generator=self.generator)
         return ids, labels
+
+    def at_least_one(self, picked: torch.Tensor, maskable: torch.Tensor, word: torch.Tensor | None) -> torch.Tensor:
+        """Pick one random maskable token (its whole word with whole-word masking) in every row that got none.
+
+        A short text often draws no token at 15%; a row with nothing to predict adds nothing to the
+        loss, and a batch of such rows has a loss of 0/0 = NaN.
+        """
+        empty = ~picked.any(dim=1) & maskable.any(dim=1)  # (B,)
+        if not bool(empty.any()):
+            return picked
+        scores = self.uniform(*picked.shape).masked_fill(~maskable, -1.0)
+        chosen = scores.argmax(dim=1, keepdim=True)  # (B, 1): a random maskable column per row
+        extra = torch.zeros_like(picked).scatter(1, chosen, True)
+        if word is not None:
+            extra = (word == word.gather(1, chosen)) & maskable  # every piece of the chosen word
+        return picked | (extra & empty[:, None])
 
     def uniform(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator)

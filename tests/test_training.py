@@ -20,6 +20,7 @@ from megabert_edu.training import (
     IGNORE_INDEX,
     CausalLMCollator,
     MLMCollator,
+    TrainConfig,
     accuracy,
     best_spans,
     evaluate,
@@ -202,6 +203,103 @@ def test_trim_padding():
         [[1, 1, 0, 0], [1, 0, 0, 0]]), "labels": torch.tensor([3, 4])}
     out = trim_padding(batch)
     assert out["input_ids"].shape == (2, 2) and out["labels"].tolist() == [3, 4]
+
+
+def test_trim_padding_keeps_every_real_token_of_a_left_padded_batch():
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 0]])  # left padding, and one unused column at the end
+    ids = torch.tensor([[0, 0, 7, 8, 0], [0, 6, 7, 8, 0]])
+    out = trim_padding({"input_ids": ids, "attention_mask": mask})
+    assert out["input_ids"].tolist() == [[0, 0, 7, 8], [0, 6, 7, 8]]  # the trailing column only
+    assert out["attention_mask"].sum() == mask.sum()
+
+
+def test_left_padded_data_evaluates_like_right_padded():
+    # A tagger scores every real token: dropping any of them (trimming the wrong side) changes the loss.
+    right = toy_classification(16)
+    mask = right["attention_mask"]
+    right["labels"] = (right["input_ids"] - 5).masked_fill(mask == 0, IGNORE_INDEX)  # tag = which token
+    shift = (mask.shape[1] - mask.sum(1)).tolist()
+    left = {k: torch.stack([row.roll(n) for row, n in zip(v, shift, strict=True)]) for k, v in right.items()}
+    left["position_ids"] = (left["attention_mask"].cumsum(1) - 1).clamp(min=0)  # real tokens start at 0
+    torch.manual_seed(0)
+    tagger = megabert_edu.MegatronBertForTokenClassification(tiny_config(num_labels=3))
+    a, b = evaluate(tagger, right, batch_size=16), evaluate(tagger, left, batch_size=16)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["accuracy"] == b["accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# TrainConfig and non-finite steps
+
+
+def test_train_config_and_keywords_are_the_same_run():
+    data = toy_classification()
+    a, b = classifier(), classifier()
+    run(a, data, lr=2e-3, seed=5)
+    train(b, data, config=TrainConfig(epochs=2, batch_size=8, lr=2e-3, seed=5, progress=False))
+    assert same_weights(a, b)
+    c = classifier()
+    train(c, data, config=TrainConfig(epochs=2, batch_size=8, lr=1.0), lr=2e-3, seed=5, progress=False)
+    assert same_weights(a, c)  # keywords override the config's fields
+
+
+def test_train_reports_the_precision_it_chose():
+    result = run(classifier(), toy_classification(16), epochs=1)
+    assert result.precision.startswith("CPU: fp32")
+    result = run(classifier(), toy_classification(16), epochs=1, bf16=True)  # the keyword before TrainConfig
+    assert result.precision == "bf16 requested"
+
+
+class LossTimes(torch.nn.Module):
+    """A classifier whose loss is multiplied by `factor` on the forward calls listed in `at`.
+
+    It keeps a copy of the weights as they were when the first poisoned call began.
+    """
+
+    def __init__(self, model, at: set[int], factor: float):
+        super().__init__()
+        self.model, self.at, self.factor, self.calls, self.before = model, at, factor, 0, None
+
+    def forward(self, **batch):
+        self.calls += 1
+        if self.calls in self.at and self.before is None:
+            self.before = {k: v.clone() for k, v in self.model.state_dict().items()}
+        out = self.model(**batch)
+        if self.calls in self.at:
+            out.loss = out.loss * self.factor
+        return out
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_before_touching_the_weights(factor):
+    model = classifier()
+    poisoned = LossTimes(model, at={3}, factor=factor)
+    with pytest.raises(FloatingPointError, match=r"step 3: the loss is (nan|inf)"):
+        run(poisoned, toy_classification(), max_steps=5)
+    assert all(p.isfinite().all() for p in model.parameters())
+    after_step_2 = poisoned.before
+    assert all(torch.equal(v, after_step_2[k]) for k, v in model.state_dict().items())
+    assert not same_weights(model, classifier())  # steps 1 and 2 did train
+
+
+def test_on_nan_skip_counts_and_logs_the_skipped_steps():
+    model = classifier()
+    result = run(LossTimes(model, at={2, 4}, factor=float("nan")), toy_classification(), max_steps=6, log_every=1,
+                 on_nan="skip")
+    assert result.steps == 6 and result.skipped_steps == 2
+    assert [h["step"] for h in result.history if "skipped" in h] == [2, 4]
+    assert [h["step"] for h in result.history if "loss" in h] == [1, 3, 5, 6]
+    assert all(p.isfinite().all() for p in model.parameters())
+    assert not same_weights(model, classifier())  # the other steps trained
+
+
+def test_mlm_collator_masks_at_least_one_token_per_row(tokenizer):
+    short = [{"text": w} for w in ("dog", "a cat", "run fast", "blue", "tree", "go", "it is", "red sky")] * 25
+    for whole_word in (False, True):
+        collate = MLMCollator(tokenizer, whole_word=whole_word, generator=torch.Generator().manual_seed(0))
+        batch = collate(short)
+        assert bool(((batch["labels"] != IGNORE_INDEX).sum(1) >= 1).all())
+    model = megabert_edu.MegatronBertForMaskedLM(tiny_config(vocab_size=tokenizer.vocab_size))
+    assert model(**MLMCollator(tokenizer)(short[:8])).loss.isfinite()
 
 
 # ---------------------------------------------------------------------------------------------------
