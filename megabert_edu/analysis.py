@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .hooks import layer_hook
+
 
 def live_heads(model: nn.Module) -> list[list[int]]:
     """For each layer, the original numbers of the heads it still has (all of them unless pruned)."""
@@ -82,29 +84,33 @@ def residual_norms(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     Pre-LN: the raw running sum x + attn + mlp + ..., un-normalised. Post-LN: each layer's LayerNorm output.
     """
     n = len(model.base_model.encoder.layer)
-    names = ["embeddings.hook_out"] + [f"encoder.layer.{i}.hook_out" for i in range(n)]
+    names = ["embeddings.hook_out"] + [layer_hook(i, "hook_resid_post") for i in range(n)]
     cache = _cache(model, names, input_ids, attention_mask, **kwargs)
     labels = ["embeddings"] + [f"layer {i}" for i in range(n)]
     norms = [cache[name].norm(dim=-1) for name in names]  # (B, T) each
     return profile(labels, norms, real_tokens(input_ids, attention_mask))
 
 
-def layernorm_inputs(model: nn.Module) -> list[tuple[str, str, nn.LayerNorm]]:
-    """(label, hook name of its input, module) for every LayerNorm whose input has a hook point.
+def layernorm_inputs(model: nn.Module) -> list[tuple[str, list[str], nn.LayerNorm]]:
+    """(label, hook names whose sum is its input, module) for each self-attention, MLP and final LayerNorm.
 
-    The ``hook_pre_ln`` points sit exactly on LayerNorm inputs in both layouts; only post-LN's
-    embedding LayerNorm has none (its input is the plain sum of the three embeddings).
+    Pre-LN: each LayerNorm reads the residual stream (resid_pre, resid_mid, resid_final). Post-LN: each
+    reads a residual sum before normalising it, resid_pre + attn_out or resid_mid + mlp_out. (Post-LN's
+    embedding LayerNorm is left out: its input is the plain sum of the three embeddings.)
     """
     base = model.base_model
     out = []
     for i, layer in enumerate(base.encoder.layer):
-        pre = layer.ln is not None
-        out.append((f"layer {i} attention", f"encoder.layer.{i}.attention.hook_pre_ln",
-                    layer.attention.ln if pre else layer.attention.output.LayerNorm))
-        out.append((f"layer {i} mlp", f"encoder.layer.{i}.hook_pre_ln",
-                    layer.ln if pre else layer.output.LayerNorm))
+        if layer.ln is not None:
+            out.append((f"layer {i} attention", [layer_hook(i, "hook_resid_pre")], layer.attention.ln))
+            out.append((f"layer {i} mlp", [layer_hook(i, "hook_resid_mid")], layer.ln))
+        else:
+            out.append((f"layer {i} attention", [layer_hook(i, "hook_resid_pre"), layer_hook(i, "hook_attn_out")],
+                        layer.attention.output.LayerNorm))
+            out.append((f"layer {i} mlp", [layer_hook(i, "hook_resid_mid"), layer_hook(i, "hook_mlp_out")],
+                        layer.output.LayerNorm))
     if base.encoder.ln is not None:
-        out.append(("final", "encoder.hook_pre_ln", base.encoder.ln))
+        out.append(("final", ["encoder.hook_resid_final"], base.encoder.ln))
     return out
 
 
@@ -127,10 +133,10 @@ def layernorm_stats(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
                     **kwargs) -> LayerNormStats:
     """Input norm and std (per position) and gain/bias statistics for each LayerNorm, in forward order."""
     points = layernorm_inputs(model)
-    cache = _cache(model, [name for _, name, _ in points], input_ids, attention_mask, **kwargs)
+    cache = _cache(model, [name for _, names, _ in points for name in names], input_ids, attention_mask, **kwargs)
     real = real_tokens(input_ids, attention_mask)
     labels = [label for label, _, _ in points]
-    xs = [cache[name] for _, name, _ in points]
+    xs = [sum(cache[name] for name in names) for _, names, _ in points]
     # LayerNorm uses the biased variance plus eps under the square root: report exactly that divisor.
     stds = [(x.float().var(-1, unbiased=False) + ln.eps).sqrt()
             for x, (_, _, ln) in zip(xs, points, strict=True)]
@@ -152,7 +158,7 @@ def attention_maps(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
                    **kwargs) -> list[torch.Tensor]:
     """Per layer, the self-attention map (B, nh, T, T) after softmax (rows: queries, columns: keys)."""
     n = len(model.base_model.encoder.layer)
-    names = [f"encoder.layer.{i}.attention.self.hook_probs" for i in range(n)]
+    names = [layer_hook(i, "attention.self.hook_probs") for i in range(n)]
     cache = _cache(model, names, input_ids, attention_mask, **kwargs)
     return [cache[name] for name in names]
 

@@ -8,6 +8,14 @@ the model's own structure. Idle hook points cost one identity call; nothing is s
     out = model.run_with_hooks(ids, fwd_hooks=[("*.layer.3.*.hook_z", zero_head_5)])
     with model.hooks(fwd_hooks=[...], bwd_hooks=[...]):
         ...  # hooks removed on exit, even if the body raises
+
+A forward hook ``fn(activation, name)`` returns None (keep the activation) or a replacement of the same
+shape; a floating-point replacement in another dtype or on another device is cast back to the
+activation's. Anything else (another shape, a list, a number, an integer tensor) raises ``HookError``
+naming the hook point, instead of broadcasting silently into a wrong answer further on.
+
+Names are relative to the bare model (task models prefix ``bert.``). ``model.hook_names()`` is the one
+place that lists them and ``layer_hook(i, "hook_attn_out")`` the one place that spells a per-layer name.
 """
 
 from __future__ import annotations
@@ -31,14 +39,22 @@ class UnknownHookName(KeyError):
         return str(self.args[0])
 
 
+class HookError(ValueError):
+    """A hook was given, or returned, something its hook point cannot use. The message names the point."""
+
+
+def layer_hook(layer: int, point: str) -> str:
+    """Full name of a hook point in encoder layer `layer`, e.g. layer_hook(3, "attention.self.hook_z")."""
+    return f"encoder.layer.{layer}.{point}"
+
+
 class HookPoint(nn.Module):
     """Identity module: a stable, named tap on an activation."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Module.__call__ costs about a microsecond even when nothing listens; a model has ~10 hook
         # points per layer, so an idle hook point returns its input without going through it.
-        if not (self._forward_hooks or self._forward_pre_hooks
-                or self._backward_hooks or self._backward_pre_hooks):
+        if not self.active:
             return x
         return super().__call__(x)
 
@@ -47,8 +63,9 @@ class HookPoint(nn.Module):
 
     @property
     def active(self) -> bool:
-        """True when something listens here (attention uses this to pick its explicit path)."""
-        return bool(self._forward_hooks)
+        """True when something listens here (attention and LayerNorm use this to pick their explicit paths)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                    or self._backward_pre_hooks)
 
 
 class HookedMixin:
@@ -75,9 +92,12 @@ class HookedMixin:
             return valid
         if callable(names):
             return [n for n in valid if names(n)]
-        patterns = [names] if isinstance(names, str) else list(names)
+        patterns = [names] if isinstance(names, str) or not isinstance(names, Iterable) else list(names)
         chosen: list[str] = []
         for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise HookError(f"hook names must be strings (exact names or globs), a list of them or a "
+                                f"predicate; got {type(pattern).__name__} {pattern!r:.80}")
             matched = [n for n in valid if fnmatch.fnmatchcase(n, pattern)]
             if not matched:
                 hint = ", ".join(closest_names(pattern, valid))
@@ -90,18 +110,18 @@ class HookedMixin:
               bwd_hooks: Iterable[tuple[Names, HookFn]] = ()) -> Iterator[nn.Module]:
         """Attach hooks for the duration of a with-block.
 
-        fwd: fn(activation, name) may return a replacement activation (or None to keep it).
+        fwd: fn(activation, name) may return a same-shape replacement activation (or None to keep it).
         bwd: fn(grad, name) sees the gradient of the loss w.r.t. the activation; may return a new grad.
         """
         points = self.hook_points()
+        attach = [(fn, name, _forward_hook) for names, fn in hook_pairs("fwd_hooks", fwd_hooks)
+                  for name in self.resolve_hook_names(names)]
+        attach += [(fn, name, _backward_hook) for names, fn in hook_pairs("bwd_hooks", bwd_hooks)
+                   for name in self.resolve_hook_names(names)]
         handles = []
         try:
-            for names, fn in fwd_hooks:
-                for name in self.resolve_hook_names(names):
-                    handles.append(points[name].register_forward_hook(_forward_hook(fn, name)))
-            for names, fn in bwd_hooks:
-                for name in self.resolve_hook_names(names):
-                    handles.append(points[name].register_forward_hook(_backward_hook(fn, name)))
+            for fn, name, wrap in attach:
+                handles.append(points[name].register_forward_hook(wrap(fn, name)))
             yield self
         finally:
             for h in handles:
@@ -137,14 +157,54 @@ def closest_names(pattern: str, valid: list[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(pattern.rsplit(".", 1)[-1], kinds, n=n, cutoff=0.5) or kinds
 
 
+def hook_pairs(kind: str, pairs) -> list[tuple[Names, HookFn]]:
+    """fwd_hooks / bwd_hooks checked: a list of (names, fn) pairs whose fns are callable."""
+    if is_pair(pairs) and not is_pair(pairs[0]):
+        raise HookError(f"{kind} must be a list of (names, fn) pairs, got a single pair; "
+                        f"wrap it in a list: {kind}=[({pairs[0]!r:.60}, fn)]")
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+        raise HookError(f"{kind} must be a list of (names, fn) pairs; got {type(pairs).__name__}")
+    checked = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise HookError(f"{kind}[{i}] must be a (names, fn) pair; got {type(pair).__name__} {pair!r:.80}")
+        names, fn = pair
+        if not callable(fn):
+            raise HookError(f"{kind}[{i}]: the hook for {names!r} is not callable (got {type(fn).__name__}); "
+                            f"a hook is a function fn(activation, name)")
+        checked.append((names, fn))
+    return checked
+
+
+def is_pair(x) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) == 2 and callable(x[1])
+
+
+def checked_replacement(new, old: torch.Tensor, name: str, fn: HookFn, what: str = "activation"):
+    """A hook's return value, checked: None, or a tensor shaped like `old` (cast to old's dtype and device)."""
+    if new is None:
+        return None
+    fn_name = getattr(fn, "__qualname__", type(fn).__name__)
+    if not isinstance(new, torch.Tensor):
+        raise HookError(f"hook {fn_name} at {name} returned {type(new).__name__}; a hook must return None "
+                        f"(keep the {what}) or a tensor of shape {tuple(old.shape)}")
+    if new.shape != old.shape:
+        raise HookError(f"hook {fn_name} at {name} returned shape {tuple(new.shape)}, but the {what} there "
+                        f"has shape {tuple(old.shape)}; a replacement must have the same shape")
+    if old.is_floating_point() and not new.is_floating_point():
+        raise HookError(f"hook {fn_name} at {name} returned a {new.dtype} tensor for a {old.dtype} {what}; "
+                        f"a replacement must be floating point")
+    return new.to(device=old.device, dtype=old.dtype)
+
+
 def _forward_hook(fn: HookFn, name: str):
     def hook(module, inputs, output):
-        return fn(output, name)
+        return checked_replacement(fn(output, name), output, name, fn)
     return hook
 
 
 def _backward_hook(fn: HookFn, name: str):
     def hook(module, inputs, output):
         if output.requires_grad:
-            output.register_hook(lambda grad: fn(grad, name))
+            output.register_hook(lambda grad: checked_replacement(fn(grad, name), grad, name, fn, "gradient"))
     return hook

@@ -7,7 +7,13 @@ parameters: the residual stream stays an un-normalised sum, so gradients flow st
     pre-LN  (Megatron):       x = x + sublayer(LN(x))          ... and LN once more at the very end
     post-LN (original BERT):  x = LN(x + sublayer(x))
 
-Both are implemented here (``config.layer_norm_position``) so real BERT checkpoints run in this code.
+Both are implemented here (``config.layer_norm_position``, decided in ``layer_norms``) so real BERT
+checkpoints run in this code. A layer reads as the residual stream, with a hook point at every stage:
+
+    resid_pre --(+ attn_out)--> resid_mid --(+ mlp_out)--> resid_post
+
+Pre-LN: resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out, exactly. Post-LN: the same
+names hold the normalised sums, resid_mid = LN(resid_pre + attn_out), resid_post = LN(resid_mid + mlp_out).
 Shape vocabulary: B batch, T query tokens, S key tokens (T + cached), nh heads, hs head size,
 H hidden size, I intermediate size.
 """
@@ -15,16 +21,17 @@ H hidden size, I intermediate size.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import MegatronBertConfig
+from .config import ConfigError, MegatronBertConfig
 from .hooks import HookPoint
-
-KV = tuple[torch.Tensor, torch.Tensor]
+from .outputs import BaseModelOutput
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -48,12 +55,122 @@ ACTIVATIONS = {
 
 def get_activation(name: str):
     if name not in ACTIVATIONS:
-        raise ValueError(f"hidden_act={name!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"hidden_act={name!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
 def is_pre_ln(config: MegatronBertConfig) -> bool:
     return config.layer_norm_position == "pre"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small named results and the KV cache
+
+
+class KVCache(NamedTuple):
+    """One layer's self-attention keys and values. A plain (key, value) tuple to HF-style code."""
+
+    key: torch.Tensor  # (B, nh, S, hs)
+    value: torch.Tensor  # (B, nh, S, hs)
+
+    @property
+    def cross(self) -> None:
+        return None  # no cross-attention entry
+
+
+class CrossKVCache(NamedTuple):
+    """A decoder layer with cross-attention: its own keys/values, then those computed once from the encoder."""
+
+    key: torch.Tensor  # (B, nh, S, hs)
+    value: torch.Tensor
+    cross_key: torch.Tensor  # (B, nh, S_enc, hs)
+    cross_value: torch.Tensor
+
+    @property
+    def cross(self) -> KVCache:
+        return KVCache(self.cross_key, self.cross_value)
+
+
+LayerCache = KVCache | CrossKVCache
+
+
+def as_layer_cache(past, layer: int) -> LayerCache | None:
+    """past_key_values[layer] as given by the caller (our entries or HF's plain tuples) -> a typed entry."""
+    if past is None or isinstance(past, (KVCache, CrossKVCache)):
+        return past
+    if isinstance(past, (tuple, list)) and len(past) in (2, 4) and all(isinstance(t, torch.Tensor) for t in past):
+        return KVCache(*past) if len(past) == 2 else CrossKVCache(*past)
+    got = f"{len(past)} items" if isinstance(past, (tuple, list)) else type(past).__name__
+    raise ValueError(f"past_key_values[{layer}] must be a tuple (key, value) or (key, value, cross_key, "
+                     f"cross_value) of tensors, as returned by the model with use_cache=True; got {got}")
+
+
+class AttentionResult(NamedTuple):
+    """What an attention block returns."""
+
+    out: torch.Tensor  # (B, T, H): what it adds to the residual stream (self-attention alone: z, (B, T, nh*hs))
+    probs: torch.Tensor | None  # (B, nh, T, S), only on the explicit path
+    kv: KVCache  # the keys and values it attended to (for the cache)
+
+
+class LayerResult(NamedTuple):
+    """What a layer returns."""
+
+    hidden: torch.Tensor  # (B, T, H): resid_post
+    probs: torch.Tensor | None  # (B, nh, T, S) self-attention map
+    cross_probs: torch.Tensor | None  # (B, nh, T, S_enc) cross-attention map
+    cache: LayerCache  # this layer's entry of past_key_values
+
+
+# ---------------------------------------------------------------------------------------------------
+# LayerNorm: where pre-LN and post-LN differ
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm with a hook on what it divides by: LN(x) = weight * (x - mean) / scale + bias."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__(hidden_size, eps=eps)
+        self.hook_scale = HookPoint()  # (B, T, 1)  sqrt(var(x) + eps) per token
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.hook_scale.active:
+            return super().forward(x)  # the fused kernel
+        x32 = x.float()
+        centred = x32 - x32.mean(-1, keepdim=True)
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # (B, T, 1)
+        return (centred / scale * self.weight.float() + self.bias.float()).to(x.dtype)
+
+
+def layer_norms(config: MegatronBertConfig) -> tuple[LayerNorm | None, LayerNorm | None]:
+    """(LN of the sub-layer's input, LN of the residual sum): the one place pre-LN and post-LN differ.
+
+        pre-LN  (Megatron):  x = x + f(LN(x))   -> (LayerNorm, None)
+        post-LN (BERT):      x = LN(x + f(x))   -> (None, LayerNorm)
+    """
+    ln = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return (ln, None) if is_pre_ln(config) else (None, ln)
+
+
+class ResidualOutput(nn.Module):
+    """A sub-layer's output projection (what it adds) and its residual add, normalised in post-LN BERT."""
+
+    def __init__(self, config: MegatronBertConfig, in_features: int, post_ln: LayerNorm | None):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = post_ln  # TF's and HF's name for it; None in pre-LN
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(h))  # (B, T, H)
+
+    def residual(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The residual stream after this sub-layer: x + delta, or LN(x + delta) in post-LN."""
+        return x + delta if self.LayerNorm is None else self.LayerNorm(x + delta)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The blocks
 
 
 class MegatronBertEmbeddings(nn.Module):
@@ -65,10 +182,10 @@ class MegatronBertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         # Megatron moved this LayerNorm into every layer; post-LN BERT keeps it (and TF's name for it).
-        self.LayerNorm = None if is_pre_ln(config) else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = layer_norms(config)[1]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.absolute = config.position_embedding_type == "absolute"
-        self.hook_out = HookPoint()
+        self.hook_out = HookPoint()  # (B, T, H)  the embedding sum (post-LN: after its LayerNorm)
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 past_length: int = 0) -> torch.Tensor:
@@ -105,12 +222,17 @@ class MegatronBertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
         self.position_embedding_type = config.position_embedding_type
+        self.max_position_embeddings = config.max_position_embeddings
+        self.distance_embedding = None
         if self.position_embedding_type != "absolute":
             # One learned vector per query-key distance in [-(max_pos - 1), max_pos - 1].
-            self.max_position_embeddings = config.max_position_embeddings
             self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, config.head_size)
-        for name in ("q", "k", "v", "scores", "probs", "z"):
-            setattr(self, f"hook_{name}", HookPoint())
+        self.hook_q = HookPoint()  # (B, nh, T, hs)
+        self.hook_k = HookPoint()  # (B, nh, S, hs)
+        self.hook_v = HookPoint()  # (B, nh, S, hs)
+        self.hook_scores = HookPoint()  # (B, nh, T, S)  scaled, masked, before softmax (explicit path only)
+        self.hook_probs = HookPoint()  # (B, nh, T, S)  the attention map (explicit path only)
+        self.hook_z = HookPoint()  # (B, nh, T, hs)  each head's output; zeroing head j ablates it
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -119,14 +241,15 @@ class MegatronBertSelfAttention(nn.Module):
     def needs_explicit_path(self, output_attentions: bool, head_mask, device: torch.device) -> bool:
         # PyTorch's fused CPU kernels have no dropout; their fallback is slower than the explicit path.
         cpu_dropout = self.training and self.dropout.p > 0 and device.type == "cpu"
-        return (output_attentions or head_mask is not None or self.position_embedding_type != "absolute"
+        return (output_attentions or head_mask is not None or self.distance_embedding is not None
                 or self.hook_scores.active or self.hook_probs.active or cpu_dropout)
 
-    def forward(self, x, mask=None, head_mask=None, encoder_hidden_states=None, past: KV | None = None,
-                output_attentions: bool = False, query_offset: int = 0):
+    def forward(self, x: torch.Tensor, *, mask=None, head_mask=None, encoder_hidden_states=None,
+                past: KVCache | None = None, output_attentions: bool = False, query_offset: int = 0
+                ) -> AttentionResult:
         """x: (B, T, H); mask: additive (B, 1, T|1, S) or None; query_offset: position of x's first token.
 
-        Returns (z, probs or None, (k, v)).
+        Returns the heads' outputs side by side (B, T, nh*hs), the map (or None) and the keys/values.
         """
         B, T, _ = x.shape
         q = self.hook_q(self.split_heads(self.query(x)))  # (B, nh, T, hs)
@@ -137,7 +260,7 @@ class MegatronBertSelfAttention(nn.Module):
             k = self.hook_k(self.split_heads(self.key(source)))  # (B, nh, S, hs)
             v = self.hook_v(self.split_heads(self.value(source)))  # (B, nh, S, hs)
             if past is not None:  # self-attention cache: prepend the keys/values of earlier tokens
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+                k, v = torch.cat([past.key, k], dim=2), torch.cat([past.value, v], dim=2)
 
         probs = None
         if self.needs_explicit_path(output_attentions, head_mask, q.device):
@@ -146,7 +269,7 @@ class MegatronBertSelfAttention(nn.Module):
             # the scores (T*S numbers) is the same maths on fewer numbers.
             q = q * (1.0 / math.sqrt(self.attention_head_size))
             scores = q @ k.transpose(-1, -2)  # (B, nh, T, S)
-            if self.position_embedding_type != "absolute":
+            if self.distance_embedding is not None:
                 scores = scores + self.relative_scores(q, k, query_offset)
             if mask is not None:
                 scores = scores + mask
@@ -160,7 +283,7 @@ class MegatronBertSelfAttention(nn.Module):
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=match_dtype(mask, q.dtype), dropout_p=p)
         z = self.hook_z(z)
         z = z.transpose(1, 2).reshape(B, T, self.all_head_size)  # (B, T, nh*hs)
-        return z, probs, (k, v)
+        return AttentionResult(out=z, probs=probs, kv=KVCache(k, v))
 
     def relative_scores(self, q: torch.Tensor, k: torch.Tensor, query_offset: int) -> torch.Tensor:
         """Shaw et al. (2018) / Huang et al. (2020) relative-position terms; q arrives already scaled.
@@ -185,41 +308,27 @@ def match_dtype(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
     return mask.clamp(min=torch.finfo(dtype).min).to(dtype)
 
 
-class MegatronBertSelfOutput(nn.Module):
-    """The attention output projection (and, in post-LN BERT, the LayerNorm after the residual add)."""
+class MegatronBertSelfOutput(ResidualOutput):
+    """The attention output projection W_O (and, in post-LN BERT, the LayerNorm after the residual add)."""
 
-    def __init__(self, config: MegatronBertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        if not is_pre_ln(config):
-            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(z))
+    def __init__(self, config: MegatronBertConfig, post_ln: LayerNorm | None):
+        super().__init__(config, config.hidden_size, post_ln)
 
 
 class MegatronBertAttention(nn.Module):
-    """Attention sub-layer with its residual connection. Pre-LN: x + attn(LN(x))."""
+    """Attention sub-layer: (pre-LN: normalise the input,) attend, project. The layer adds the residual."""
 
     def __init__(self, config: MegatronBertConfig):
         super().__init__()
-        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if is_pre_ln(config) else None
+        self.ln, post_ln = layer_norms(config)
         self.self = MegatronBertSelfAttention(config)
-        self.output = MegatronBertSelfOutput(config)
+        self.output = MegatronBertSelfOutput(config, post_ln)
         self.pruned_heads: set[int] = set()
-        self.hook_pre_ln = HookPoint()
 
-    def forward(self, x, mask=None, head_mask=None, encoder_hidden_states=None, past=None, output_attentions=False,
-                query_offset=0):
-        args = (mask, head_mask, encoder_hidden_states, past, output_attentions, query_offset)
-        if self.ln is not None:  # Megatron: normalise a copy, keep the raw residual x
-            x = self.hook_pre_ln(x)
-            z, probs, kv = self.self(self.ln(x), *args)
-            return x + self.output(z), probs, kv
-        # original BERT: add first, then normalise the sum
-        z, probs, kv = self.self(x, *args)
-        return self.output.LayerNorm(self.hook_pre_ln(x + self.output(z))), probs, kv
+    def forward(self, x: torch.Tensor, **kwargs) -> AttentionResult:
+        """x: the residual stream (B, T, H); kwargs as MegatronBertSelfAttention. out: what to add to x."""
+        result = self.self(x if self.ln is None else self.ln(x), **kwargs)  # Megatron reads a normalised copy
+        return result._replace(out=self.output(result.out))  # (B, T, H)
 
     def prune_heads(self, heads: set[int]) -> None:
         """Physically remove heads (numbered as in the original, unpruned layer)."""
@@ -265,74 +374,76 @@ class MegatronBertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = get_activation(config.hidden_act)
-        self.hook_act = HookPoint()
+        self.hook_act = HookPoint()  # (B, T, I)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hook_act(self.intermediate_act_fn(self.dense(x)))  # (B, T, I)
 
 
-class MegatronBertOutput(nn.Module):
+class MegatronBertOutput(ResidualOutput):
     """Second MLP projection, I -> H (and, in post-LN BERT, the LayerNorm after the residual add)."""
 
-    def __init__(self, config: MegatronBertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        if not is_pre_ln(config):
-            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(h))
+    def __init__(self, config: MegatronBertConfig, post_ln: LayerNorm | None):
+        super().__init__(config, config.intermediate_size, post_ln)
 
 
 class MegatronBertLayer(nn.Module):
-    """One transformer layer: self-attention, optional cross-attention, MLP; each with a residual."""
+    """One transformer layer: self-attention, optional cross-attention, MLP; each adds to the residual stream."""
 
     def __init__(self, config: MegatronBertConfig):
         super().__init__()
         self.attention = MegatronBertAttention(config)
-        if config.add_cross_attention:
-            self.crossattention = MegatronBertAttention(config)
-        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if is_pre_ln(config) else None
+        self.crossattention = MegatronBertAttention(config) if config.add_cross_attention else None
+        self.ln, post_ln = layer_norms(config)  # around the MLP
         self.intermediate = MegatronBertIntermediate(config)
-        self.output = MegatronBertOutput(config)
+        self.output = MegatronBertOutput(config, post_ln)
         self.chunk_size_feed_forward = config.chunk_size_feed_forward
-        self.hook_pre_ln = HookPoint()
-        self.hook_out = HookPoint()
+        self.hook_resid_pre = HookPoint()  # (B, T, H)  the residual stream entering the layer
+        self.hook_attn_out = HookPoint()  # (B, T, H)  what self-attention adds
+        # (B, T, H)  what cross-attention adds (decoders with add_cross_attention)
+        self.hook_cross_attn_out = HookPoint() if config.add_cross_attention else None
+        self.hook_resid_mid = HookPoint()  # (B, T, H)  the stream entering the MLP
+        self.hook_mlp_out = HookPoint()  # (B, T, H)  what the MLP adds
+        self.hook_resid_post = HookPoint()  # (B, T, H)  the stream leaving the layer
 
-    def forward(self, x, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
-                past=None, output_attentions=False):
-        """Returns (y, self-attention probs, cross-attention probs, this layer's cache entry)."""
-        self_past = None if past is None else past[:2]
-        offset = 0 if past is None else past[0].shape[2]  # tokens already in the cache come first
-        a, probs, kv = self.attention(x, mask, head_mask, None, self_past, output_attentions, offset)
-        cross_probs = None
+    def forward(self, x: torch.Tensor, *, mask=None, head_mask=None, encoder_hidden_states=None,
+                encoder_mask=None, past: LayerCache | None = None, output_attentions: bool = False
+                ) -> LayerResult:
+        """x: the residual stream (B, T, H). Each `residual` is x + delta (post-LN: LN(x + delta))."""
+        offset = 0 if past is None else past.key.shape[2]  # tokens already in the cache come first
+        x = self.hook_resid_pre(x)
+        attn = self.attention(x, mask=mask, head_mask=head_mask, output_attentions=output_attentions,
+                              past=None if past is None else KVCache(past.key, past.value), query_offset=offset)
+        x = self.attention.output.residual(x, self.hook_attn_out(attn.out))
+        cache, cross_probs = attn.kv, None
         if encoder_hidden_states is not None:
-            if not hasattr(self, "crossattention"):
-                raise ValueError("encoder_hidden_states given but the model has no cross-attention "
-                                 "(build it with is_decoder=True, add_cross_attention=True)")
-            cross_past = None if past is None or len(past) < 4 else past[2:]
-            a, cross_probs, cross_kv = self.crossattention(a, encoder_mask, head_mask, encoder_hidden_states,
-                                                           cross_past, output_attentions, offset)
-            kv = kv + cross_kv
-        if self.ln is not None:
-            a = self.hook_pre_ln(a)
-        y = self.hook_out(self.chunked(self.feed_forward, a))
-        return y, probs, cross_probs, kv
+            cross = self.cross_attend(x, encoder_hidden_states, mask=encoder_mask, head_mask=head_mask,
+                                      past=None if past is None else past.cross,
+                                      output_attentions=output_attentions, query_offset=offset)
+            x = self.crossattention.output.residual(x, self.hook_cross_attn_out(cross.out))
+            cache, cross_probs = CrossKVCache(*attn.kv, *cross.kv), cross.probs
+        x = self.hook_resid_mid(x)
+        x = self.hook_resid_post(self.output.residual(x, self.hook_mlp_out(self.chunked(self.mlp, x))))
+        return LayerResult(hidden=x, probs=attn.probs, cross_probs=cross_probs, cache=cache)
 
-    def feed_forward(self, a: torch.Tensor) -> torch.Tensor:
-        if self.ln is not None:  # Megatron: a + MLP(LN(a))
-            return a + self.output(self.intermediate(self.ln(a)))
-        return self.output.LayerNorm(self.hook_pre_ln(a + self.output(self.intermediate(a))))  # BERT
+    def cross_attend(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor, **kwargs) -> AttentionResult:
+        if self.crossattention is None:
+            raise ValueError("encoder_hidden_states given but the model has no cross-attention "
+                             "(build it with is_decoder=True, add_cross_attention=True)")
+        return self.crossattention(x, encoder_hidden_states=encoder_hidden_states, **kwargs)
 
-    def chunked(self, fn, a: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP to slices of the sequence: same result, less peak memory for long inputs."""
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """What the MLP adds to the residual stream x (B, T, H); pre-LN reads a normalised copy."""
+        return self.output(self.intermediate(x if self.ln is None else self.ln(x)))
+
+    def chunked(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """Apply a per-token fn to slices of the sequence: same result, less peak memory for long inputs."""
         size = self.chunk_size_feed_forward
-        if size <= 0 or a.shape[1] <= size:
-            return fn(a)
-        if a.shape[1] % size:
-            raise ValueError(f"sequence length {a.shape[1]} is not a multiple of chunk_size_feed_forward={size}")
-        return torch.cat([fn(chunk) for chunk in a.split(size, dim=1)], dim=1)
+        if size <= 0 or x.shape[1] <= size:
+            return fn(x)
+        if x.shape[1] % size:
+            raise ValueError(f"sequence length {x.shape[1]} is not a multiple of chunk_size_feed_forward={size}")
+        return torch.cat([fn(chunk) for chunk in x.split(size, dim=1)], dim=1)
 
 
 class MegatronBertEncoder(nn.Module):
@@ -341,32 +452,39 @@ class MegatronBertEncoder(nn.Module):
     def __init__(self, config: MegatronBertConfig):
         super().__init__()
         self.layer = nn.ModuleList(MegatronBertLayer(config) for _ in range(config.num_hidden_layers))
-        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if is_pre_ln(config) else None
+        self.ln = layer_norms(config)[0]
         self.gradient_checkpointing = False
-        self.hook_pre_ln = HookPoint()
+        self.gradient_checkpointing_kwargs: dict = {"use_reentrant": False}
+        self.hook_resid_final = HookPoint()  # (B, T, H)  the residual stream leaving the last layer
+        self.hook_ln_final = HookPoint() if self.ln is not None else None  # (B, T, H)  after the final LN
 
-    def forward(self, x, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
-                past_key_values=None, use_cache=False, output_attentions=False, output_hidden_states=False):
+    def forward(self, x: torch.Tensor, *, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
+                past_key_values=None, use_cache: bool = False, output_attentions: bool = False,
+                output_hidden_states: bool = False) -> BaseModelOutput:
         hidden_states, attentions, cross_attentions, cache = [], [], [], []
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 hidden_states.append(x)
-            args = (x, mask, None if head_mask is None else head_mask[i], encoder_hidden_states, encoder_mask,
-                    None if past_key_values is None else past_key_values[i], output_attentions)
+            past = None if past_key_values is None else as_layer_cache(past_key_values[i], i)
+            run = partial(layer, mask=mask, head_mask=None if head_mask is None else head_mask[i],
+                          encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask, past=past,
+                          output_attentions=output_attentions)
             if self.gradient_checkpointing and self.training:
                 # Recompute this layer's activations in backward instead of storing them.
-                x, probs, cross_probs, kv = checkpoint(layer, *args, use_reentrant=False)
+                # (use_reentrant=True, transformers' default, hands back a plain tuple: re-wrap it)
+                result = LayerResult(*checkpoint(run, x, **self.gradient_checkpointing_kwargs))
             else:
-                x, probs, cross_probs, kv = layer(*args)
-            attentions.append(probs)
-            cross_attentions.append(cross_probs)
-            cache.append(kv)
-        x = self.hook_pre_ln(x)
+                result = run(x)
+            x = result.hidden
+            attentions.append(result.probs)
+            cross_attentions.append(result.cross_probs)
+            cache.append(result.cache)
+        x = self.hook_resid_final(x)
         if self.ln is not None:
-            x = self.ln(x)
+            x = self.hook_ln_final(self.ln(x))
         if output_hidden_states:
             hidden_states.append(x)  # the reference exposes the final-LN output, not the raw last residual
-        return dict(
+        return BaseModelOutput(
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,

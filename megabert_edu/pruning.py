@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .analysis import live_heads, real_tokens, row_entropy
+from .hooks import layer_hook
 
 Batch = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -40,7 +41,7 @@ Heads = Mapping[int, Sequence[int]] | torch.Tensor
 
 
 def z_name(layer: int) -> str:
-    return f"encoder.layer.{layer}.attention.self.hook_z"
+    return layer_hook(layer, "attention.self.hook_z")
 
 
 def model_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -49,6 +50,16 @@ def model_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     if loss is None:
         raise ValueError("the model returned no loss: put the labels in every batch, or pass loss_fn")
     return loss
+
+
+def require_batches(batches: Sequence[Batch], caller: str) -> list[Batch]:
+    """`batches` as a list, checked to be non-empty (averages over no examples would be NaN)."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError(f"{caller} needs at least one batch; got an empty `batches`")
+    if not all(isinstance(b, Mapping) and "input_ids" in b for b in batches):
+        raise ValueError(f"{caller}: every item of `batches` must be a dict of model inputs with 'input_ids'")
+    return batches
 
 
 def batch_rows(batch: Batch) -> int:
@@ -130,7 +141,7 @@ def ablate_heads(model: nn.Module, heads: Heads, method: str = "zero",
             mean = None if means is None else means[layer, [live[j] for j in index]]  # (n, hs)
             hooks.append((z_name(layer), _replace_with_mean(index, mean)))
         else:
-            hooks.append((f"encoder.layer.{layer}.attention.self.hook_scores", _flatten_scores(index)))
+            hooks.append((layer_hook(layer, "attention.self.hook_scores"), _flatten_scores(index)))
     with model.base_model.hooks(hooks):
         yield
 
@@ -158,6 +169,7 @@ def _flatten_scores(index: list[int]):
 
 def head_means(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
     """(L, nh, hs) average output of every head over the real tokens of `batches` (NaN for pruned heads)."""
+    batches = require_batches(batches, "head_means")
     base = model.base_model
     live = live_heads(model)
     L, H, hs = len(live), base.config.num_attention_heads, base.config.head_size
@@ -218,6 +230,7 @@ def head_importance(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn 
     loss_fn(model, batch) must return a mean over the batch's examples, as model_loss does for
     classification. (A mean over tokens, as in MLM, weights each example by its number of labels.)
     """
+    batches = require_batches(batches, "head_importance")
     base = model.base_model
     live = live_heads(model)
     L, H = len(live), base.config.num_attention_heads
@@ -231,7 +244,7 @@ def head_importance(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn 
             entropy_sum[layer, live[layer]] += e.sum((0, 2)).cpu()
         return fn
 
-    probes = [(f"encoder.layer.{i}.attention.self.hook_probs", add_entropy(i)) for i in range(L)]
+    probes = [(layer_hook(i, "attention.self.hook_probs"), add_entropy(i)) for i in range(L)]
     probes = probes if entropy else []  # reading the maps forces the explicit attention path: only if asked
     was_training = model.training
     model.eval()  # no dropout: scores must not depend on a random draw

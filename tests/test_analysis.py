@@ -79,17 +79,21 @@ def test_layernorm_stats_are_what_each_layernorm_divides_by(layout):
     model.requires_grad_(False)
     expected = [f"layer {i} {part}" for i in range(L) for part in ("attention", "mlp")]
     assert stats.labels == expected + (["final"] if layout == "pre" else [])
-    _, cache = model.run_with_cache(ids, names="*hook_pre_ln")
+    _, cache = model.run_with_cache(ids, names=["*.hook_resid_*", "*.hook_attn_out", "*.hook_mlp_out"])
     modules = {}
     for i, layer in enumerate(model.encoder.layer):
-        pre = layout == "pre"
-        modules[f"layer {i} attention"] = (f"encoder.layer.{i}.attention.hook_pre_ln",
-                                           layer.attention.ln if pre else layer.attention.output.LayerNorm)
-        modules[f"layer {i} mlp"] = (f"encoder.layer.{i}.hook_pre_ln",
-                                     layer.ln if pre else layer.output.LayerNorm)
+        name = f"encoder.layer.{i}."
+        if layout == "pre":  # each LayerNorm reads the residual stream
+            modules[f"layer {i} attention"] = (cache[name + "hook_resid_pre"], layer.attention.ln)
+            modules[f"layer {i} mlp"] = (cache[name + "hook_resid_mid"], layer.ln)
+        else:  # each LayerNorm reads a residual sum
+            modules[f"layer {i} attention"] = (cache[name + "hook_resid_pre"] + cache[name + "hook_attn_out"],
+                                               layer.attention.output.LayerNorm)
+            modules[f"layer {i} mlp"] = (cache[name + "hook_resid_mid"] + cache[name + "hook_mlp_out"],
+                                         layer.output.LayerNorm)
     for p, label in enumerate(expected):
-        name, ln = modules[label]
-        x = cache[name][0]  # (T, H), one sequence: by_position is per token
+        x, ln = modules[label]
+        x = x[0]  # (T, H), one sequence: by_position is per token
         std = stats.input_std.by_position[p][:, None]
         assert_close(ln(x), ln.weight * (x - x.mean(-1, keepdim=True)) / std + ln.bias, label)
         assert_close(stats.input_norm.by_position[p], x.norm(dim=-1))
