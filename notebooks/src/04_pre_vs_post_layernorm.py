@@ -74,7 +74,7 @@ ids = torch.randint(1000, 30522, (BATCH, SEQ), generator=torch.Generator().manua
 # %% [markdown]
 # ## 1. The residual stream at initialisation
 #
-# `residual_norms` reads `embeddings.hook_out` and every `encoder.layer.{i}.hook_out` and averages the
+# `residual_norms` reads `embeddings.hook_out` and every `encoder.layer.{i}.hook_resid_post` and averages the
 # L2 norm over tokens. In pre-LN that is the raw running sum; in post-LN it is each layer's LayerNorm
 # output.
 
@@ -109,8 +109,9 @@ print(f"sqrt(H) = {SIZE['hidden_size'] ** 0.5:.1f}")
 
 # %%
 with autocast:
-    _, cache = models["pre"].base_model.run_with_cache(ids, names=["embeddings.hook_out", "*.layer.*.hook_out"])
-stream = [cache["embeddings.hook_out"]] + [cache[f"encoder.layer.{i}.hook_out"] for i in range(LAYERS)]
+    names = ["embeddings.hook_out", "*.layer.*.hook_resid_post"]
+    _, cache = models["pre"].base_model.run_with_cache(ids, names=names)
+stream = [cache["embeddings.hook_out"]] + [cache[f"encoder.layer.{i}.hook_resid_post"] for i in range(LAYERS)]
 update = torch.stack([(after.float() - before.float()).norm(dim=-1).mean()  # what layer l added
                       for before, after in zip(stream[:-1], stream[1:], strict=True)]).cpu()
 relative = update / torch.stack([a.float().norm(dim=-1).mean() for a in stream[:-1]]).cpu()
@@ -165,7 +166,9 @@ for pos, g in grads.items():
 # ## 3. What every LayerNorm divides by
 #
 # LN(x) = γ · (x − mean) / std + β. `layernorm_stats` reads each LayerNorm's input through the
-# `hook_pre_ln` hook points and reports the std it divides by (1/std is how much it shrinks the token),
+# residual-stream hook points (pre-LN: `hook_resid_pre`, `hook_resid_mid`, `encoder.hook_resid_final`;
+# post-LN: the sums `hook_resid_pre + hook_attn_out` and `hook_resid_mid + hook_mlp_out`) and reports the
+# std it divides by (what each LayerNorm's `hook_scale` holds; 1/std is how much it shrinks the token),
 # along with its learned gains γ and biases β.
 
 # %%
