@@ -1,6 +1,7 @@
 # make test   install (if needed) and run the whole test suite, notebooks included
 # make demo   install (if needed) and run the headless demo on real MiniLM weights
 # make lab    install (if needed) and open JupyterLab on notebooks/
+# make slides install (if needed) and open a notebook as a slideshow (NB=03_attention for another)
 # The virtual environment lives in .venv and is built on first use.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo lab lint bench clean
+.PHONY: install test demo lab slides lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +25,18 @@ install: $(STAMP)
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning (matters on a shared 2-core box).
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest tests notebooks/solutions --nbval-lax -p no:cacheprovider
 
 demo: $(STAMP)
 	$(BIN)/python -m megabert_edu demo
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+# make slides [NB=03_attention]: open one notebook as a RISE slideshow (jupyterlab-rise's /rise/ page).
+NB ?= 01_anatomy
+slides: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --LabApp.default_url=/rise/$(NB).ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check megabert_edu tests benchmarks scripts

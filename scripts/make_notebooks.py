@@ -1,4 +1,4 @@
-"""Build the teaching notebooks in notebooks/ from their sources in notebooks/src/, and run them.
+"""Build the teaching notebooks from their sources in notebooks/src/: solutions executed, student copies derived.
 
 Each notebook is written as a plain Python file in the "percent" format (the one jupytext and VS Code
 understand), so it diffs and reviews like code:
@@ -11,20 +11,39 @@ understand), so it diffs and reviews like code:
     x = torch.randn(2, 3)   # a code cell
     x.shape
 
-A code cell whose first line is ``# NBVAL_CHECK_OUTPUT`` has its output compared by nbval in CI
-(``pytest notebooks --nbval-lax``); every other cell only has to run without an error.
+Conventions the builder understands (notebooks/README.md has the teacher's view):
+
+* ``{{RUNTIME}}`` in a markdown cell becomes the measured wall time of the solution notebook's run;
+  the same measurement goes into notebooks/README.md (between ``<!--rt:NN-->`` markers) and is kept in
+  notebooks/runtimes.json, so a build without execution still states it.
+* An exercise is a code cell whose first line is ``# EXERCISE``. The lines between ``# BEGIN SOLUTION``
+  and ``# END SOLUTION`` are the reference solution; the student copy replaces them with
+  ``# YOUR CODE HERE`` and the stub written after the marker (``# BEGIN SOLUTION: answer = None``),
+  indented like the marker. The next code cell, first line ``# CHECK``, asserts on the result.
+* A code cell whose first line is ``# NBVAL_CHECK_OUTPUT`` has its output compared by nbval; every other
+  cell only has to run without an error.
+* Slides (RISE): the title and every "## " heading start a slide, other prose and "### " headings a
+  sub-slide, code cells are fragments, and the set-up cells before the first numbered section ("## 1.")
+  that import things are skipped.
+
+Outputs:
+
+    notebooks/solutions/NN_name.ipynb   solutions filled in, executed (nbval runs these in `make test`)
+    notebooks/NN_name.ipynb             the student copy: the same cells and outputs, exercises blanked
 
     python scripts/make_notebooks.py                 # build and execute every notebook (commit the outputs)
     python scripts/make_notebooks.py 03 05           # only the notebooks whose names start with 03 / 05
-    python scripts/make_notebooks.py --no-execute    # build without running (outputs empty)
+    python scripts/make_notebooks.py --no-execute    # build without running (outputs empty, last runtimes kept)
 
-Execution runs in notebooks/ (as nbval and JupyterLab do), one kernel per notebook, and prints how long
-each notebook took.
+Execution runs in notebooks/solutions/ (where nbval runs it), one kernel per notebook.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
 import re
 import sys
 import time
@@ -36,8 +55,18 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "notebooks" / "src"
 NOTEBOOKS = ROOT / "notebooks"
+SOLUTIONS = NOTEBOOKS / "solutions"
+RUNTIMES = NOTEBOOKS / "runtimes.json"
+README = NOTEBOOKS / "README.md"
+
 CELL = re.compile(r"^# %%(.*)$")
 MAGIC = re.compile(r"^# (%[a-z]\w*.*)$")  # jupytext writes IPython magics commented out: "# %matplotlib inline"
+BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION(?::\s*(.*))?$")
+END = re.compile(r"^\s*# END SOLUTION\s*$")
+EXERCISE_TAG, CHECK_TAG = "# EXERCISE", "# CHECK"
+PLACEHOLDER = "{{RUNTIME}}"
+README_RUNTIME = re.compile(r"<!--rt:(\d\d)-->.*?<!--/rt-->")
+README_TOTAL = re.compile(r"<!--rt:total-->.*?<!--/rt-->")
 
 
 def parse_percent(text: str) -> list[tuple[str, str]]:
@@ -70,25 +99,131 @@ def parse_percent(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def build(source: Path) -> nbformat.NotebookNode:
+def student_source(source: str) -> str:
+    """The exercise cell as the student sees it: every solution block replaced by "# YOUR CODE HERE" + its stub."""
+    out, inside = [], False
+    for line in source.splitlines():
+        begin = BEGIN.match(line)
+        if begin:
+            if inside:
+                raise ValueError(f"nested '# BEGIN SOLUTION' in:\n{source}")
+            inside = True
+            indent, stub = begin.group(1), begin.group(2)
+            out.append(f"{indent}# YOUR CODE HERE")
+            if stub:
+                out.append(indent + stub)
+        elif END.match(line):
+            if not inside:
+                raise ValueError(f"'# END SOLUTION' without a BEGIN in:\n{source}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"'# BEGIN SOLUTION' without an END in:\n{source}")
+    return "\n".join(out)
+
+
+def check_exercises(name: str, cells: list[tuple[str, str]]) -> None:
+    """Every exercise cell has a solution block and is followed by a check cell with an assert."""
+    for i, (kind, text) in enumerate(cells):
+        if kind != "code" or not text.startswith(EXERCISE_TAG):
+            continue
+        if not any(BEGIN.match(line) for line in text.splitlines()):
+            raise ValueError(f"{name}: exercise cell {i} has no '# BEGIN SOLUTION' block")
+        following = next(((k, t) for k, t in cells[i + 1:] if k == "code"), None)
+        if following is None or not following[1].startswith(CHECK_TAG) or "assert" not in following[1]:
+            raise ValueError(f"{name}: exercise cell {i} is not followed by a '# CHECK' cell with an assert")
+
+
+def slide_type(kind: str, text: str, in_setup: bool) -> str:
+    """RISE slide type: headings start slides, set-up code is skipped, code is revealed as fragments."""
+    if kind == "markdown":
+        return "slide" if text.startswith(("# ", "## ")) else "subslide"
+    is_setup = any(line.startswith(("import ", "from ")) for line in text.splitlines())
+    return "skip" if in_setup and is_setup else "fragment"
+
+
+def build(source: Path, runtime: str | None) -> nbformat.NotebookNode:
+    """The solution notebook (not executed) from a percent-format source, with slide metadata."""
+    cells = parse_percent(source.read_text(encoding="utf-8"))
+    check_exercises(source.name, cells)
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    for kind, text in parse_percent(source.read_text(encoding="utf-8")):
-        nb.cells.append(new_markdown_cell(text) if kind == "markdown" else new_code_cell(text))
+    nb.metadata["rise"] = {"scroll": True, "transition": "none", "start_slideshow_at": "beginning"}
+    in_setup = True
+    for kind, text in cells:
+        if kind == "markdown" and re.match(r"^## 1\b", text):
+            in_setup = False
+        if kind == "markdown":
+            text = text.replace(PLACEHOLDER, runtime or "not measured yet (run scripts/make_notebooks.py)")
+            cell = new_markdown_cell(text)
+        else:
+            cell = new_code_cell(text)
+            if text.startswith(EXERCISE_TAG):
+                cell.metadata["tags"] = ["exercise"]
+            elif text.startswith(CHECK_TAG):
+                cell.metadata["tags"] = ["check"]
+        cell.metadata["slideshow"] = {"slide_type": slide_type(kind, text, in_setup)}
+        nb.cells.append(cell)
     # Stable cell ids: the same source gives the same file, so git diffs show only real changes.
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{source.stem[:2]}-{i:03d}"
     return nb
 
 
+def student_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student copy: the same cells and outputs, exercises blanked, exercise and check cells without outputs."""
+    nb = copy.deepcopy(solution)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "exercise" in tags:
+            cell.source = student_source(cell.source)
+        if "exercise" in tags or "check" in tags:
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
 def execute(nb: nbformat.NotebookNode, timeout: int) -> None:
-    from nbclient import NotebookClient
+    from nbclient import NotebookClient  # only needed when executing; --no-execute works without it
 
     NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+                   resources={"metadata": {"path": str(SOLUTIONS)}}).execute()
     for cell in nb.cells:  # execution timestamps would make every run a diff
         cell.metadata.pop("execution", None)
+
+
+def describe(seconds: float) -> str:
+    """'about 40 s' / 'about 2 min 10 s', rounded to what a measurement on a shared machine can say."""
+    seconds = max(5, round(seconds / 5) * 5)
+    if seconds < 90:
+        return f"about {seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    return f"about {minutes} min" + (f" {rest} s" if rest else "")
+
+
+def runtime_text(entry: dict | None) -> str | None:
+    if entry is None:
+        return None
+    return f"{describe(entry['seconds'])} to run (wall time measured on a {entry['cpus']}-core CPU, {entry['date']})"
+
+
+def load_runtimes() -> dict:
+    return json.loads(RUNTIMES.read_text()) if RUNTIMES.exists() else {}
+
+
+def update_readme(runtimes: dict) -> None:
+    """Write the measured times into notebooks/README.md's table and total line."""
+    text = README.read_text(encoding="utf-8")
+
+    def row(m: re.Match) -> str:
+        entry = next((v for k, v in runtimes.items() if k.startswith(m.group(1))), None)
+        return f"<!--rt:{m.group(1)}-->{describe(entry['seconds']) if entry else '?'}<!--/rt-->"
+
+    text = README_RUNTIME.sub(row, text)
+    total = sum(v["seconds"] for v in runtimes.values())
+    text = README_TOTAL.sub(f"<!--rt:total-->{describe(total)}<!--/rt-->", text)
+    README.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,16 +237,28 @@ def main(argv: list[str] | None = None) -> None:
         sources = [s for s in sources if any(s.stem.startswith(p) for p in args.only)]
     if not sources:
         sys.exit(f"no notebook sources match {args.only} in {SOURCES}")
+    SOLUTIONS.mkdir(exist_ok=True)
+    runtimes = load_runtimes()
     for source in sources:
-        nb = build(source)
-        target = NOTEBOOKS / f"{source.stem}.ipynb"
-        start = time.perf_counter()
+        nb = build(source, runtime_text(runtimes.get(source.stem)))
         if not args.no_execute:
+            start = time.perf_counter()
             execute(nb, args.timeout)
+            runtimes[source.stem] = {"seconds": round(time.perf_counter() - start, 1), "cpus": os.cpu_count(),
+                                     "date": time.strftime("%Y-%m-%d")}
+            executed = nb
+            nb = build(source, runtime_text(runtimes[source.stem]))  # the header states this very run
+            for cell, done in zip(nb.cells, executed.cells, strict=True):
+                if cell.cell_type == "code":
+                    cell.outputs, cell.execution_count = done.outputs, done.execution_count
         nbformat.validate(nb)
-        nbformat.write(nb, target)
-        took = f" in {time.perf_counter() - start:.0f} s" if not args.no_execute else ""
-        print(f"wrote {target.relative_to(ROOT)}{took}")
+        nbformat.write(nb, SOLUTIONS / f"{source.stem}.ipynb")
+        nbformat.write(student_notebook(nb), NOTEBOOKS / f"{source.stem}.ipynb")
+        took = "" if args.no_execute else f" in {runtimes[source.stem]['seconds']:.0f} s"
+        print(f"wrote notebooks/{source.stem}.ipynb and notebooks/solutions/{source.stem}.ipynb{took}")
+    if not args.no_execute:
+        RUNTIMES.write_text(json.dumps(dict(sorted(runtimes.items())), indent=1) + "\n")
+        update_readme(runtimes)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,31 @@
 # %% [markdown]
 # # 01 · Anatomy of Megatron-BERT
 #
+# ## Learning objectives
+#
+# - Name every block of Megatron-BERT (embeddings, self-attention, attention block, MLP, layer, encoder,
+#   pooler, task heads) and the shape of the tensor each one returns.
+# - Compute one attention head by hand and reproduce the library's numbers exactly.
+# - Say where pre-LN (Megatron) and post-LN (BERT) put the LayerNorm, and see it in the state dict.
+# - Count where the parameters of the 345M model are.
+# - Read and change activations through hook points (`run_with_cache`, `run_with_hooks`).
+#
+# **Prerequisites:** PyTorch tensors and `nn.Module`; matrix multiplication and softmax; what a transformer
+# layer is in outline.
+#
+# **Time:** {{RUNTIME}}; about 60 minutes in class with the exercises.
+
+# %% [markdown]
 # Megatron-BERT is BERT with one change: the LayerNorm moved from *after* each residual add to the
-# *input* of each sub-layer (plus one final LayerNorm). NVIDIA made that move to train BERT at 345M
-# parameters and beyond. In this notebook we build the model one block at a time, run every block on a
+# *input* of each sub-layer (plus one final LayerNorm). Shoeybi et al. (2019, *Megatron-LM*) report that
+# BERT-large (336M parameters) trains fine in the original post-LN order, but their 752M post-LN BERT got
+# *worse*; with the LayerNorm moved, their 1.3B and 3.9B BERTs trained stably and did better. In this
+# notebook we build the model one block at a time, run every block on a
 # toy tensor the moment it exists, and look at the shapes that come out (the d2l.ai way), then check
 # that the blocks, put together by hand, give exactly what `MegatronBertModel` gives.
 #
 # Shape vocabulary used everywhere in `megabert_edu`: **B** batch, **T** tokens, **nh** heads,
 # **hs** head size, **H** hidden size (= nh · hs), **I** intermediate (MLP) size, **V** vocabulary.
-#
-# Runs in a few seconds on a CPU.
 
 # %% [markdown]
 # ## Parameters
@@ -31,9 +46,11 @@ SCALE = "toy"  # or "megatron-345m"
 SEED = 0
 
 # %%
+# %matplotlib inline
 import inspect
 import math
 
+import matplotlib.pyplot as plt
 import torch.nn.functional as F
 
 from megabert_edu import (
@@ -52,9 +69,7 @@ from megabert_edu.modeling import (
     MegatronBertAttention,
     MegatronBertEmbeddings,
     MegatronBertEncoder,
-    MegatronBertIntermediate,
     MegatronBertLayer,
-    MegatronBertOutput,
     MegatronBertPooler,
     MegatronBertSelfAttention,
 )
@@ -63,6 +78,7 @@ from megabert_edu.models import additive_attention_mask
 torch.manual_seed(SEED)
 torch.set_num_threads(2)
 torch.set_grad_enabled(False)  # we only look at forward passes here
+plt.rcParams["figure.dpi"] = 80
 
 SIZES = {
     "toy": dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -120,8 +136,45 @@ print("LayerNorm in the embeddings:", emb.LayerNorm)
 #
 # $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{h_s}}\right)V$$
 #
+# One head, with the shapes this notebook uses (the code below the picture only draws it):
+
+# %%
+def box(ax, xy, text, color="#dde8f5"):
+    return ax.text(*xy, text, ha="center", va="center", fontsize=8.5,
+                   bbox=dict(boxstyle="round,pad=0.4", fc=color, ec="0.4"))
+
+
+def arrow(ax, a, b, **style):
+    """An arrow from box a to box b, clipped at the boxes' edges."""
+    ax.annotate("", xy=(0.5, 0.5), xycoords=b, xytext=(0.5, 0.5), textcoords=a,
+                arrowprops={"arrowstyle": "->", "color": "0.35", "patchA": a.get_bbox_patch(),
+                            "patchB": b.get_bbox_patch(), **style})
+
+
+shape = {"x": (B, T, H), "q": (B, nh, T, hs), "map": (B, nh, T, T), "out": (B, T, H)}
+nodes = {"x": ((0.6, 2.0), f"x\n(B, T, H)\n{shape['x']}"),
+         "q": ((2.7, 3.4), "q = x W_Q, split heads\n(B, nh, T, hs)"),
+         "k": ((2.7, 2.0), "k = x W_K, split heads\n(B, nh, T, hs)"),
+         "v": ((2.7, 0.6), "v = x W_V, split heads\n(B, nh, T, hs)"),
+         "scores": ((5.2, 2.7), f"scores = q kᵀ / √hs\n+ additive mask\n(B, nh, T, T)\n{shape['map']}"),
+         "probs": ((7.5, 2.7), "probs = softmax\nover the keys\n(B, nh, T, T)"),
+         "z": ((7.5, 0.6), f"z = probs v\n(B, nh, T, hs)\n{shape['q']}"),
+         "out": ((9.7, 0.6), f"merge heads, W_O\n(B, T, H)\n{shape['out']}")}
+fig, ax = plt.subplots(figsize=(11, 3.6))
+ax.set_xlim(-0.3, 10.8), ax.set_ylim(-0.2, 4.1), ax.axis("off")
+drawn = {name: box(ax, xy, text, color="#fde9c9" if name in ("scores", "probs") else "#dde8f5")
+         for name, (xy, text) in nodes.items()}
+for a, b in [("x", "q"), ("x", "k"), ("x", "v"), ("q", "scores"), ("k", "scores"), ("scores", "probs"),
+             ("probs", "z"), ("v", "z"), ("z", "out")]:
+    arrow(ax, drawn[a], drawn[b])
+ax.set_title("self-attention: every head at once (nh heads of size hs, H = nh · hs); "
+             "the orange maps are what hook_scores / hook_probs show", fontsize=9)
+plt.show()
+
+# %% [markdown]
 # `MegatronBertSelfAttention` returns the per-head outputs concatenated back to (B, T, H), the
-# attention map (only if asked for) and the keys/values (the KV cache of a decoder).
+# attention map (only if asked for) and the keys/values (the KV cache of a decoder). (The output
+# projection W_O lives one level up, in the attention block of section 3.)
 
 # %%
 attn = MegatronBertSelfAttention(cfg).eval()
@@ -204,8 +257,38 @@ print("weight on the padding keys of sentence 0:", probs_masked[0, :, :, 4:].abs
 #
 # In pre-LN the residual stream x is never normalised: each sub-layer reads a normalised *copy* and adds
 # its result back. The gradient flows along the un-normalised sum unchanged, which is why pre-LN trains
-# deep stacks without warm-up tricks (notebook 04 measures this). Here is the library's code; both
-# layouts live in the same `forward`:
+# deep stacks without warm-up tricks (notebook 04 measures this). The two blocks side by side (one layer;
+# the ⊕ are the residual adds):
+
+# %%
+def column(ax, x, labels, residuals, title):
+    """One layer drawn bottom-up; residuals are (from, to) rows joined by the skip path on the right."""
+    drawn = [box(ax, (x, y), label,
+                 color="#fde9c9" if "LayerNorm" in label else "white" if label == "⊕" else "#dde8f5")
+             for y, label in enumerate(labels)]
+    for a, b in zip(drawn[:-1], drawn[1:], strict=True):
+        arrow(ax, a, b)
+    side = x + 0.85  # the skip path runs up the right-hand side
+    for a, b in residuals:
+        ax.plot([x, side, side], [a, a, b], color="C3", zorder=1)
+        ax.annotate("", xy=(0.5, 0.5), xycoords=drawn[b], xytext=(side, b), textcoords="data",
+                    arrowprops={"arrowstyle": "->", "color": "C3", "patchB": drawn[b].get_bbox_patch()})
+    ax.text(x, len(labels) - 0.2, title, ha="center", fontsize=10, weight="bold")
+
+
+fig, ax = plt.subplots(figsize=(8, 5.2))
+ax.set_xlim(-1.0, 3.9), ax.set_ylim(-1.0, 8.3), ax.axis("off")
+column(ax, 0, ["x (residual stream)", "self-attention", "⊕", "LayerNorm", "MLP", "⊕", "LayerNorm", "next layer"],
+       [(0, 2), (3, 5)], "post-LN (BERT)\nx = LN(x + sublayer(x))")
+column(ax, 2.6, ["x (residual stream)", "LayerNorm", "self-attention", "⊕", "LayerNorm", "MLP", "⊕", "next layer"],
+       [(0, 3), (3, 6)], "pre-LN (Megatron)\nx = x + sublayer(LN(x))")
+ax.text(2.6, -0.75, "after the last layer: one final LayerNorm (encoder.ln)", ha="center", fontsize=8.5)
+plt.show()
+
+# %% [markdown]
+# In post-LN the red skip path runs *into* a LayerNorm, so the stream is renormalised after every
+# sub-layer; in pre-LN it bypasses every LayerNorm, from the embeddings to the final one. Here is the
+# library's code; both layouts live in the same `forward`:
 
 # %%
 print(inspect.getsource(MegatronBertAttention.forward))
@@ -227,7 +310,8 @@ print("block", tuple(x.shape), "->", tuple(out.shape), "| x + attn(LN(x)):",
 # Most of a transformer's parameters live here.
 
 # %%
-intermediate, output = MegatronBertIntermediate(cfg).eval(), MegatronBertOutput(cfg).eval()
+mlp_parts = MegatronBertLayer(cfg).eval()  # a layer's MLP half: intermediate (H -> I) and output (I -> H)
+intermediate, output = mlp_parts.intermediate, mlp_parts.output
 h = intermediate(x)
 y = output(h)
 
@@ -302,8 +386,7 @@ print("embeddings -> encoder == model:", torch.equal(h_last, full.last_hidden_st
 print("pooler(encoder)     == model:", torch.equal(model.pooler(h_last), full.pooler_output))
 
 # %% [markdown]
-# Where the parameters are. At the real 345M size the MLPs hold two thirds of the weights; the word
-# embeddings (29,056 x 1024) most of the rest.
+# Where the parameters are, in this model:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -320,6 +403,43 @@ rows = [("embeddings", count(model.embeddings)),
         ("total", model.num_parameters())]
 for name, n in rows:
     print(f"{name:<42}{n:>13,}")
+
+# %% [markdown]
+# And at the real 345M shape (24 layers, H = 1024, I = 4096, vocabulary 29,056), whatever `SCALE` says. We
+# build that model on PyTorch's `meta` device: every tensor has its shape but no storage, so counting its
+# 335M parameters costs no memory and no time.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.device("meta"):
+    big = MegatronBertForPreTraining(MegatronBertConfig())  # the defaults are the 345M model
+total = big.num_parameters()  # the tied MLM decoder is the word-embedding matrix, counted once
+big_layers = big.bert.encoder.layer
+shares = {
+    "MLPs": sum(count(lay.ln) + count(lay.intermediate) + count(lay.output) for lay in big_layers),
+    "attention": sum(count(lay.attention) for lay in big_layers),
+    "word embeddings": big.bert.embeddings.word_embeddings.weight.numel(),
+}
+shares["everything else"] = total - sum(shares.values())  # positions, segments, final LN, pooler, heads
+print(f"total {total:,} parameters")
+for name, n in shares.items():
+    print(f"{name:<18}{n:>13,}  {n / total:6.1%}")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 2.2))
+ax.barh(list(shares), [100 * n / total for n in shares.values()], color=["C0", "C1", "C2", "C7"])
+ax.invert_yaxis()
+ax.set_xlabel("% of the 345M model's parameters")
+for i, n in enumerate(shares.values()):
+    ax.text(100 * n / total + 0.5, i, f"{n / total:.0%}", va="center")
+ax.set_xlim(0, 70)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The MLPs hold about 60% of the weights (two H x 4H matrices per layer), attention about 30% (four H x H
+# matrices per layer), and the word embeddings about 9%. Per layer, the MLP has twice the attention's
+# parameters: 8H² against 4H².
 
 # %% [markdown]
 # ## 9. Task heads
@@ -400,13 +520,13 @@ for n in names:
 # %%
 # NBVAL_CHECK_OUTPUT
 _, cache = model.run_with_cache(input_ids, names=["*.hook_probs", "encoder.layer.0.attention.self.hook_z",
-                                                  "encoder.layer.1.hook_out"])
+                                                  "encoder.layer.1.hook_resid_post"])
 for name, t in cache.items():
-    print(f"{name:<45}{tuple(t.shape)}")
+    print(f"{name:<48}{tuple(t.shape)}")
 
 # %% [markdown]
 # `run_with_hooks` lets a function read *or replace* an activation. Zeroing one head's output at
-# `hook_z` is exactly what HuggingFace's `head_mask` does (notebook 05 builds pruning on this). Hooks are
+# `hook_z` is exactly what HuggingFace's `head_mask` does (notebook 06 builds pruning on this). Hooks are
 # removed when the call returns, even after an error, so nothing leaks into the next forward pass.
 
 # %%
@@ -431,7 +551,9 @@ print("hooks left behind:", model.active_hooks())
 # ## 12. Mistakes get a clear error
 #
 # A wrong input fails at the door with a message naming the problem, not deep inside an `nn.Embedding`
-# with an index error (or, worse, on a GPU, with a silent wrong answer).
+# with an index error. On a GPU the raw failure is worse: an out-of-range index trips CUDA's
+# *device-side assert*, which names no argument, may be reported at a later, unrelated line, and leaves
+# the CUDA context unusable until the kernel restarts.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -449,3 +571,102 @@ for bad in (dict(input_ids=torch.tensor([[1, 2, cfg.vocab_size]])),
 # * **02** loads real checkpoints: TensorFlow (without TensorFlow), HuggingFace and Megatron-LM.
 # * **03** looks at the attention maps of a real pretrained model.
 # * **04** measures what the LayerNorm move does to the residual stream.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell for your code and a check cell below it: run both; the check passes when your
+# answer is right and otherwise tells you what to look at.
+#
+# ### Exercise 1: a pre-LN layer with plain tensor operations
+#
+# Write `my_layer(x, layer)` that computes what `MegatronBertLayer` computes, using only the layer's weights
+# and `F.layer_norm`, `F.linear`, `F.gelu`, `softmax`, `@`, `view`/`transpose` (no calls of the layer's
+# sub-modules). `layer` is the section-5 layer; its sub-modules are `layer.attention.ln`,
+# `layer.attention.self.{query,key,value}`, `layer.attention.output.dense`, `layer.ln`,
+# `layer.intermediate.dense` and `layer.output.dense`. No mask: every token sees every token.
+
+# %%
+# EXERCISE
+def my_layer(x, layer):
+    """(B, T, H) -> (B, T, H): a = x + Attn(LN1(x)); y = a + MLP(LN2(a))."""
+    # BEGIN SOLUTION: return None
+    att, eps = layer.attention, cfg.layer_norm_eps
+
+    def ln(t, norm):
+        return F.layer_norm(t, (H,), norm.weight, norm.bias, eps)
+
+    def heads(t):
+        return t.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+
+    h = ln(x, att.ln)
+    q, k, v = (heads(F.linear(h, m.weight, m.bias)) for m in (att.self.query, att.self.key, att.self.value))
+    z = ((q @ k.transpose(-1, -2)) / math.sqrt(hs)).softmax(-1) @ v  # (B, nh, T, hs)
+    a = x + F.linear(z.transpose(1, 2).reshape(B, T, H), att.output.dense.weight, att.output.dense.bias)
+    m = F.gelu(F.linear(ln(a, layer.ln), layer.intermediate.dense.weight, layer.intermediate.dense.bias))
+    return a + F.linear(m, layer.output.dense.weight, layer.output.dense.bias)
+    # END SOLUTION
+
+
+# %%
+# CHECK
+mine = my_layer(x, layer)
+assert isinstance(mine, torch.Tensor), "my_layer should return a tensor of shape (B, T, H)"
+assert mine.shape == (B, T, H), f"expected shape {(B, T, H)}, got {tuple(mine.shape)}: did you merge the heads back?"
+assert torch.allclose(mine, layer(x)[0], atol=1e-5), (
+    "shape is right but the numbers differ: check the LayerNorm inputs (pre-LN normalises a copy, the "
+    "residual adds the raw x), the 1/sqrt(hs) scale, and that softmax runs over the last (key) dimension")
+print("my_layer == MegatronBertLayer: passed")
+
+# %% [markdown]
+# ### Exercise 2: count the parameters with a formula
+#
+# Write `layer_params(H, I)`: the number of parameters of one pre-LN layer with hidden size H and MLP size I
+# (every `nn.Linear` has a bias; every LayerNorm a weight and a bias). The check compares it with the
+# counted layers of the toy model and of the meta-device 345M model above.
+
+# %%
+# EXERCISE
+def layer_params(H, I):
+    # BEGIN SOLUTION: return None
+    attention = 2 * H + 4 * (H * H + H)  # LN + Q, K, V, output projection
+    mlp = 2 * H + (H * I + I) + (I * H + H)  # LN + H->I + I->H
+    return attention + mlp
+    # END SOLUTION
+
+
+# %%
+# CHECK
+for c, lay in ((cfg, model.encoder.layer[0]), (big.config, big.bert.encoder.layer[0])):
+    got, want = layer_params(c.hidden_size, c.intermediate_size), count(lay)
+    assert got == want, (f"H={c.hidden_size}, I={c.intermediate_size}: your formula gives {got}, the layer has "
+                         f"{want}: did you count the biases and both LayerNorms (weight and bias each)?")
+print(f"layer_params(1024, 4096) = {layer_params(1024, 4096):,}: passed")
+
+# %% [markdown]
+# ### Exercise 3: a causal mask by hand
+#
+# A decoder (notebook 07) must not look ahead. Using the section-2 tensors `q_` and `k_` (B, nh, T, hs),
+# compute `causal_probs` (B, nh, T, T): the attention map in which each query sees only itself and the
+# keys before it. Block the future by setting its scores to `-inf` (or the most negative float) before
+# the softmax. The check compares with the module run with the library's causal mask.
+
+# %%
+# EXERCISE
+# BEGIN SOLUTION: causal_probs = None
+future = torch.ones(T, T, dtype=torch.bool).triu(1)  # (T, T): True above the diagonal
+causal_scores = (q_ @ k_.transpose(-1, -2) / math.sqrt(hs)).masked_fill(future, float("-inf"))
+causal_probs = causal_scores.softmax(-1)  # (B, nh, T, T)
+# END SOLUTION
+
+# %%
+# CHECK
+causal_mask = additive_attention_mask(None, B, T, T, causal=True, dtype=torch.float32, device="cpu")
+_, expected, _ = attn(x, mask=causal_mask, output_attentions=True)
+assert isinstance(causal_probs, torch.Tensor), "set causal_probs to a (B, nh, T, T) tensor"
+assert causal_probs.shape == expected.shape, f"expected shape {tuple(expected.shape)}, got {tuple(causal_probs.shape)}"
+assert not torch.triu(causal_probs, 1).any(), "some query still attends to a later key: mask above the diagonal"
+assert torch.allclose(causal_probs, expected, atol=1e-6), (
+    "the future is masked but the weights differ: mask the scores *before* the softmax and keep the 1/sqrt(hs)")
+print("causal attention by hand == the module with the causal mask: passed")
+
