@@ -51,6 +51,7 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
         super().__init__()
         if not isinstance(config, MegatronBertConfig):
             raise TypeError(f"expected a MegatronBertConfig, got {type(config).__name__}")
+        config.validate_for_model()  # types, ranges, hidden_size divisible by the heads: named errors
         self.config = config
 
     def post_init(self) -> None:
@@ -214,18 +215,28 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
         return self.base_model.encoder.gradient_checkpointing
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: MegatronBertConfig | None = None,
-                        strict: bool = True, **config_overrides):
-        """Load an HF-style directory, a TF checkpoint prefix or a Megatron-LM .zip/.pt checkpoint."""
-        from .checkpoints import load_pretrained
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs):
+        """Load an HF-style directory, a TF checkpoint prefix or a Megatron-LM .zip/.pt checkpoint.
 
-        return load_pretrained(cls, path, config=config, strict=strict, **config_overrides)
+        As in transformers: returns an eval-mode model; keyword config fields (``num_labels=5``,
+        ``hidden_dropout_prob=0.0``, ...) override the checkpoint's config before the model is built;
+        ``config=``, ``state_dict=``, ``torch_dtype=``, ``output_loading_info=``,
+        ``ignore_mismatched_sizes=``, ``device=`` and ``strict=`` (default True) are honoured; any
+        other keyword raises TypeError naming it. See ``megabert_edu.checkpoints.load_pretrained``.
+        """
+        from .checkpoints import load_pretrained  # checkpoints import models, so models imports them late
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json + model.safetensors that transformers' from_pretrained loads."""
-        from .checkpoints.hf import save_pretrained
+        return load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
 
-        save_pretrained(self, directory)
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write config.json + model.safetensors that transformers' from_pretrained loads, atomically.
+
+        ``safe_serialization=False`` writes pytorch_model.bin; ``state_dict=``, ``is_main_process=`` and
+        ``max_shard_size=`` are honoured as in transformers. See ``megabert_edu.checkpoints.hf.save_pretrained``.
+        """
+        from .checkpoints.hf import save_pretrained  # checkpoints import models, so models imports them late
+
+        save_pretrained(self, save_directory, **kwargs)
 
 
 class MegatronBertModel(MegatronBertPreTrainedModel):

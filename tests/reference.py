@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import transformers
 
@@ -20,12 +18,12 @@ def tiny_config(**overrides) -> megabert_edu.MegatronBertConfig:
 
 
 def reference_config(config: megabert_edu.MegatronBertConfig):
-    d = dataclasses.asdict(config)
+    d = config.to_dict()  # JSON-shaped: id2label keys are strings, as in a config.json
     post = d.pop("layer_norm_position") == "post"
-    num_labels = d.pop("num_labels")
-    d.pop("id2label")
+    d.pop("model_type")
+    d["pruned_heads"] = dict(config.pruned_heads)  # layer numbers as ints, as transformers' model expects
     ref_cls = transformers.BertConfig if post else transformers.MegatronBertConfig
-    return ref_cls(**d, num_labels=num_labels)
+    return ref_cls(**d)
 
 
 def reference_class(name: str, config: megabert_edu.MegatronBertConfig):

@@ -69,8 +69,9 @@ def test_prune_requests_for_missing_layers_or_heads(model):
 
 
 def test_bad_config_values():
+    config = MegatronBertConfig(hidden_size=30, num_attention_heads=4)  # accepted, as in transformers
     with pytest.raises(ValueError, match="not a multiple of num_attention_heads"):
-        MegatronBertConfig(hidden_size=30, num_attention_heads=4)
+        MegatronBertModel(config)  # ... and refused when a model is built
     with pytest.raises(ValueError, match="position_embedding_type='rotary' is not one of"):
         MegatronBertConfig(position_embedding_type="rotary")
     with pytest.raises(ValueError, match="layer_norm_position"):

@@ -1,17 +1,42 @@
-"""HF-style directories: config.json + model.safetensors (or pytorch_model.bin), MegatronBert or Bert layout."""
+"""HF-style directories: config.json + model.safetensors (or pytorch_model.bin), MegatronBert or Bert layout.
+
+Saving is atomic across the files of a checkpoint: the new files are written into a fresh directory
+beside the target, fsynced, and swapped in with one rename, so any failure (full disk, a config value
+JSON cannot hold, a crash) leaves either the old checkpoint or the new one, complete. Files a user put
+into the target directory (a README, tokenizer files, logs) are carried over; of our own files
+(``OWN_FILES``) only those of the new save remain -- a stale pytorch_model.bin is not kept beside a
+new model.safetensors, as transformers cleans up its own weight files.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
+import re
+import shutil
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import safetensors.torch
 import torch
 
 from ..config import MegatronBertConfig
-from .report import CheckpointError, LoadReport
+from .loading import build_model, load_state_dict, resolve_config
+from .report import CheckpointError
+
+__all__ = ["WEIGHT_FILES", "load_hf_directory", "load_state_dict", "read_hf_config", "read_state_dict",
+           "save_pretrained"]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+OWN_FILES = ("config.json", *WEIGHT_FILES)
+
+
+# ---- loading -----------------------------------------------------------------------------------------
 
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -23,104 +48,99 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
             continue
         try:
             if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(str(path))
+                return safetensors.torch.load_file(str(path))
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # safetensors / pickle errors do not say "your file is cut short"
             raise CheckpointError(f"could not read {path}: the file is truncated or corrupt ({e})") from e
     raise CheckpointError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
 
 
-BASE_MODULES = ("embeddings", "encoder")  # everything else (pooler, cls, classifier, ...) is a head
+def read_hf_config(directory: str | os.PathLike) -> MegatronBertConfig:
+    """``directory/config.json``, validated (errors name the file and the field)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no config.json (pass config=MegatronBertConfig(...))")
+    return MegatronBertConfig.from_json_file(path)
 
 
-def normalise_keys(state_dict: dict[str, torch.Tensor], model_keys: set[str], prefix: str) -> dict[str, torch.Tensor]:
-    """Adapt key names: TF-style gamma/beta, and a bare-model checkpoint vs a task model ("bert." prefix)."""
-    model_prefixed = any(k.startswith(prefix) for k in model_keys)
-    ckpt_prefixed = any(k.startswith(prefix) for k in state_dict)
-    out = {}
-    for key, tensor in state_dict.items():
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        if model_prefixed and not ckpt_prefixed and key.split(".")[0] in BASE_MODULES + ("pooler",):
-            key = prefix + key  # e.g. BertModel weights into a task model
-        elif ckpt_prefixed and not model_prefixed and key.startswith(prefix):
-            key = key[len(prefix):]  # e.g. a task model's encoder into a bare MegatronBertModel
-        out[key] = tensor
-    return out
+def load_hf_directory(cls: type, directory: str | os.PathLike, config: MegatronBertConfig | None = None,
+                      strict: bool = True, ignore_mismatched_sizes: bool = False, **config_overrides: Any):
+    """``cls.from_pretrained(<HF directory>)``: config (file, or ``config``, plus overrides), build, load."""
+    config = resolve_config(config, config_overrides, lambda: read_hf_config(directory))
+    return build_model(cls, config, read_state_dict(directory), source=str(directory), strict=strict,
+                       ignore_mismatched_sizes=ignore_mismatched_sizes)
 
 
-def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True,
-                    source: str = "checkpoint") -> LoadReport:
-    """Copy tensors into `model` by name and report every name. Heads absent from the checkpoint are new."""
-    own = model.state_dict(keep_vars=True)
-    state_dict = normalise_keys(state_dict, set(own), getattr(model, "base_model_prefix", "bert") + ".")
-    report = LoadReport()
-    loaded_params = set()
-    with torch.no_grad():
-        for key, tensor in state_dict.items():
-            if key.endswith("position_ids"):  # a non-persistent buffer some old checkpoints carry
-                report.skipped.append(key)
-            elif key not in own:
-                report.unexpected.append(key)
-            elif tuple(tensor.shape) != tuple(own[key].shape):
-                report.mismatched.append((key, tuple(tensor.shape), tuple(own[key].shape)))
-            else:
-                own[key].copy_(tensor)
-                report.loaded.append(key)
-                loaded_params.add(id(own[key]))
-    absent = [k for k in own if k not in state_dict and id(own[k]) not in loaded_params]  # tied aliases count
-    heads_in_checkpoint = {_head_of(k) for k in state_dict}
-    for key in absent:  # a head the checkpoint has no trace of is new; a gap anywhere else is an error
-        head = _head_of(key)
-        (report.initialized if head and head not in heads_in_checkpoint else report.missing).append(key)
-    if strict:
-        report.raise_if_failed(source)
-    return report
+# ---- saving ------------------------------------------------------------------------------------------
 
 
-def _head_of(key: str) -> str | None:
-    """'classifier' for 'classifier.weight', 'pooler' for 'bert.pooler.dense.bias', None for encoder weights."""
-    parts = key.split(".")
-    top = parts[1] if parts[0] == "bert" and len(parts) > 1 else parts[0]
-    return None if top in BASE_MODULES else top
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, *, safe_serialization: bool = True,
+                    state_dict: dict[str, torch.Tensor] | None = None, is_main_process: bool = True,
+                    max_shard_size: int | str | None = None, push_to_hub: bool = False) -> None:
+    """config.json + model.safetensors (``safe_serialization=False``: pytorch_model.bin), atomically.
 
-
-def load_hf_directory(cls, directory: str | os.PathLike, config: MegatronBertConfig | None = None,
-                      strict: bool = True, **overrides):
-    directory = Path(directory)
-    if config is None:
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{directory} has no config.json (pass config=MegatronBertConfig(...))")
-        config = MegatronBertConfig.from_json_file(config_path, **overrides)
-    model = cls(config)
-    model.load_report = load_state_dict(model, read_state_dict(directory), strict, source=str(directory))
-    return model
-
-
-def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> None:
-    """config.json + model.safetensors. Tied decoder tensors are left out (the loader re-ties them).
-
-    Each file is written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+    Tied decoder tensors are left out (the loader re-ties them), as transformers does. ``state_dict``
+    saves those tensors instead of the model's; ``is_main_process=False`` writes nothing (multi-process
+    training). Checkpoints are never sharded: a ``max_shard_size`` smaller than the weights is an error.
     """
-    from safetensors.torch import save_file
-
+    if push_to_hub:
+        raise NotImplementedError("push_to_hub is not supported: megabert_edu saves to local directories only")
+    if not is_main_process:
+        return
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors, seen = {}, set()
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:  # a second name for a tied parameter (decoder.weight / decoder.bias)
-            continue
-        seen.add(id(tensor))
-        tensors[key] = tensor.detach().contiguous().cpu()
-    _atomic_write(directory / "model.safetensors", lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    config = model.config.to_dict()
+    if directory.is_file():
+        raise NotADirectoryError(f"{directory} is a file; save_pretrained needs a directory")
+    config = model.config.to_dict()  # a value JSON cannot hold fails here, before any file is touched
     config["architectures"] = [_architecture_name(model)]
-    import json
+    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    tensors = _unique_tensors(model.state_dict() if state_dict is None else state_dict)
+    _check_shard_size(tensors, max_shard_size)
+    weights = WEIGHT_FILES[0] if safe_serialization else WEIGHT_FILES[1]
 
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / "config.json", lambda path: Path(path).write_text(text))
+    def write(staging: Path) -> None:
+        if safe_serialization:
+            safetensors.torch.save_file(tensors, str(staging / weights), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, staging / weights)
+        _fsync(staging / weights)
+        _write_file(staging / "config.json", config_text.encode())
+
+    replace_directory(directory, write, own_files=OWN_FILES)
+
+
+def _unique_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop second names of one tensor (a tied decoder.weight), as safetensors cannot store shared memory."""
+    tensors, seen = {}, set()
+    for key, tensor in state_dict.items():
+        identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.device)
+        if identity in seen and tensor.numel():
+            continue
+        seen.add(identity)
+        tensors[key] = tensor.detach().contiguous().cpu()
+    return tensors
+
+
+def _check_shard_size(tensors: dict[str, torch.Tensor], max_shard_size: int | str | None) -> None:
+    if max_shard_size is None:
+        return
+    limit = _parse_size(max_shard_size)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if total > limit:
+        raise NotImplementedError(f"the weights take {total:,} bytes, more than max_shard_size={max_shard_size!r}; "
+                                  "megabert_edu writes one unsharded file (raise max_shard_size)")
+
+
+def _parse_size(size: int | str) -> int:
+    """5_000_000, "5GB" (10^9) or "5GiB" (2^30), as transformers reads max_shard_size."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", str(size), flags=re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"max_shard_size must be a number of bytes or a string like '5GB'; got {size!r}")
+    number, unit = float(match[1]), match[2].upper()
+    base = 1024 if "I" in unit else 1000
+    return int(number * base ** ("KMGT".index(unit[0]) + 1))
 
 
 def _architecture_name(model: torch.nn.Module) -> str:
@@ -131,12 +151,103 @@ def _architecture_name(model: torch.nn.Module) -> str:
     return name
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+# ---- atomic directory replacement --------------------------------------------------------------------
+
+
+def replace_directory(target: Path, write: Callable[[Path], None], own_files: tuple[str, ...] = ()) -> None:
+    """Give ``target`` the files ``write(staging)`` creates, so that every failure leaves the old content whole.
+
+    1. stage: a fresh sibling directory receives the new files (each fsynced) and hard links to the
+       target's other entries, except ``own_files`` (the writer's files from an earlier save);
+    2. swap: one atomic rename -- RENAME_EXCHANGE when the target exists, a plain rename when it is new;
+    3. fsync the parent so the swap survives a power cut, then delete the old content.
+
+    Files get the usual permissions (0666 minus the umask); the directory keeps its mode.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    existed = target.is_dir()
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write(staging)
+        if existed:
+            _carry_over(target, staging, skip=own_files)
+        os.chmod(staging, stat.S_IMODE(target.stat().st_mode) if existed else 0o777 & ~_umask())
+        _fsync(staging)
+        if existed:
+            _exchange(staging, target)  # staging now holds the old content
+        else:
+            os.rename(staging, target)
+        _fsync(target.parent)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _carry_over(source: Path, staging: Path, skip: tuple[str, ...]) -> None:
+    """Hard-link (or copy) every entry of ``source`` except ``skip`` into ``staging``."""
+    for entry in source.iterdir():
+        if entry.name in skip or (staging / entry.name).exists():
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), staging / entry.name)
+        elif entry.is_dir():
+            shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, staging / entry.name)
+
+
+def _link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(source, destination)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE).
+
+    Without it (another OS, an old kernel, a filesystem that refuses) the swap takes two renames; a crash
+    between them leaves the old checkpoint under the staging name and none at ``b``.
+    """
+    rename_exchange, at_fdcwd = 2, -100
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, f"cannot swap in the new checkpoint: {os.strerror(code)}", str(b))
+    old = a.with_name(a.name + ".old")
+    os.rename(b, old)
+    try:
+        os.rename(a, b)
+    except OSError:
+        os.rename(old, b)  # put the old checkpoint back
+        raise
+    os.rename(old, a)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 minus the umask, as open() does
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
