@@ -4,7 +4,7 @@ from . import analysis, pruning
 from .checkpoints import CheckpointError, LoadReport
 from .checkpoints.megatron_lm import convert_megatron_lm_checkpoint
 from .checkpoints.tf import list_tf_variables, load_tf_weights, read_tf_checkpoint, write_tf_checkpoint
-from .config import MegatronBertConfig
+from .config import ConfigError, MegatronBertConfig
 from .generation import fill_mask, generate, sample_mlm
 from .hooks import HookPoint, UnknownHookName
 from .models import (
@@ -25,7 +25,8 @@ from .training import CausalLMCollator, MLMCollator, TrainResult, evaluate, nsp_
 __version__ = "0.1.0"
 
 __all__ = [
-    "analysis", "CausalLMCollator", "CheckpointError", "convert_megatron_lm_checkpoint", "evaluate", "fill_mask",
+    "analysis", "CausalLMCollator", "CheckpointError", "ConfigError", "convert_megatron_lm_checkpoint", "evaluate",
+    "fill_mask",
     "generate", "HookPoint", "list_tf_variables", "load_tf_weights", "LoadReport", "MegatronBertConfig",
     "MegatronBertForCausalLM", "MegatronBertForMaskedLM", "MegatronBertForMultipleChoice",
     "MegatronBertForNextSentencePrediction", "MegatronBertForPreTraining", "MegatronBertForQuestionAnswering",
