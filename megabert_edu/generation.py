@@ -16,8 +16,14 @@ never trained to generate, so this is slower and stranger than a causal LM, whic
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import nn
+
+from .modeling import KVCache
 
 # ---------------------------------------------------------------------------------------------------
 # Choosing the next token from the logits. The order (penalty, temperature, top-k, top-p) is the
@@ -98,64 +104,242 @@ class eval_mode:
 # Causal LM: KV-cached decoding.
 
 
+CACHES = ("dynamic", "static", "fixed")
+
+
+class StaticKVCache(KVCache):
+    """A layer's cache entry whose key/value are views of preallocated buffers: `extend` writes in place.
+
+    The dynamic cache (KVCache.extend) allocates a new (B, nh, S + 1, hs) tensor per layer and step and
+    copies the old ones into it; this writes the new token's keys/values into its slot instead.
+    Two ways to attend, both giving the same tokens:
+      write_at is None: key/value are the filled part [:S]; extend writes [S:S+T] and returns [:S+T]
+                        (the same shapes as the dynamic cache, so the same kernels and numbers).
+      write_at a tensor: key/value are [:max_len - 1] (a fixed shape); extend writes at the index held
+                        in `write_at` (a (1,) tensor) and returns all max_len slots, the unfilled ones
+                        hidden by the attention mask. Every step then has the same shapes and no
+                        Python-side length: what CUDA graphs and torch.compile need.
+    """
+
+    buffers: tuple[torch.Tensor, torch.Tensor]  # (B, nh, max_len, hs) each
+    write_at: torch.Tensor | None
+
+    def extend(self, key: torch.Tensor, value: torch.Tensor) -> KVCache:
+        k_buffer, v_buffer = self.buffers
+        if self.write_at is not None:
+            k_buffer.index_copy_(2, self.write_at, key)  # key: (B, nh, 1, hs)
+            v_buffer.index_copy_(2, self.write_at, value)
+            return KVCache(k_buffer, v_buffer)
+        S, T = self.key.shape[2], key.shape[2]
+        k_buffer[:, :, S:S + T] = key
+        v_buffer[:, :, S:S + T] = value
+        return KVCache(k_buffer[:, :, :S + T], v_buffer[:, :, :S + T])
+
+
+class StaticCache:
+    """Preallocated keys and values for every layer: (B, nh, max_len, hs) twice per layer."""
+
+    def __init__(self, model: nn.Module, batch: int, max_len: int):
+        param = next(model.parameters())
+        device = param.device
+        # Under autocast the keys and values come out in the autocast dtype, not the weights'.
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
+        self.max_len = max_len
+        self.buffers = []
+        for layer in model.bert.encoder.layer:
+            attn = layer.attention.self
+            shape = (batch, attn.num_attention_heads, max_len, attn.attention_head_size)  # pruned layers differ
+            self.buffers.append((torch.zeros(shape, dtype=dtype, device=device),
+                                 torch.zeros(shape, dtype=dtype, device=device)))
+
+    def filled(self, length: int) -> tuple[StaticKVCache, ...]:
+        """past_key_values for a forward after `length` tokens: views of the filled slots."""
+        return tuple(self.entry(k[:, :, :length], v[:, :, :length], (k, v), None) for k, v in self.buffers)
+
+    def fixed(self, write_at: torch.Tensor) -> tuple[StaticKVCache, ...]:
+        """past_key_values of a fixed shape: one new token written at `write_at`, all slots attended."""
+        n = self.max_len - 1
+        return tuple(self.entry(k[:, :, :n], v[:, :, :n], (k, v), write_at) for k, v in self.buffers)
+
+    @staticmethod
+    def entry(key, value, buffers, write_at) -> StaticKVCache:
+        entry = StaticKVCache(key, value)
+        entry.buffers, entry.write_at = buffers, write_at
+        return entry
+
+
+def check_generate_args(config, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id, cache,
+                        compile: bool) -> None:
+    """Clear errors for the inputs generate cannot use, each naming the argument."""
+    if not config.is_decoder:
+        raise ValueError("generate() needs a causal LM: build MegatronBertForCausalLM with is_decoder=True "
+                         "(a bidirectional model would let each token see the future)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+        got = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a 2-D tensor (batch, tokens), got {got}; for one prompt pass "
+                         f"input_ids[None] (generate returns (batch, tokens) too)")
+    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids is empty {tuple(input_ids.shape)}: give at least one prompt token (e.g. [CLS])")
+    T = input_ids.shape[1]
+    if T + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} is longer than "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("the last prompt column is padding: pad batched prompts on the LEFT so every row "
+                         "ends with a real token")
+    if eos_token_id is not None and pad_token_id is None:
+        raise ValueError(f"eos_token_id={eos_token_id} needs a pad_token_id for the rows that finish early, and "
+                         "neither the call nor the config gives one")
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+    if (cache == "fixed" or compile) and config.position_embedding_type != "absolute":
+        raise ValueError(f"cache='fixed' and compile=True need absolute positions; this model uses "
+                         f"position_embedding_type={config.position_embedding_type!r} (use cache='static')")
+
+
 @torch.no_grad()
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 20, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              repetition_penalty: float = 1.0, eos_token_id: int | None = None,
              pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, cache: str = "dynamic", compile: bool = False
+             ) -> torch.Tensor:
     """Extend each prompt by up to `max_new_tokens` tokens; returns (B, T + new) ids, prompt included.
 
+    input_ids: (B, T); a single prompt is input_ids[None] (1-D input is refused, not guessed).
     Batched prompts of different lengths must be LEFT-padded (attention_mask 0 on the padding) so that
     every row's next token is written at the same column. Rows that emit `eos_token_id` are finished:
     they get `pad_token_id` (default: the config's) from then on, and decoding stops when all are done.
     Greedy unless do_sample=True; sampling draws from `generator` (or torch's global RNG).
+
+    How keys and values are kept (all three give the same tokens):
+      cache="dynamic"  the readable loop: each step appends to the cache with torch.cat;
+      cache="static"   preallocated once and written in place (StaticKVCache): less allocation and copying;
+      cache="fixed"    static, and every decode step has the same shapes (attends over all slots, a mask
+                       hides the empty ones): the form a CUDA graph can capture.
+    compile=True runs the fixed-shape decode step through torch.compile (mode="reduce-overhead" on a GPU,
+    which captures it as a CUDA graph); it implies cache="fixed". Compiling takes minutes on a CPU.
     """
     config = model.config
-    if not config.is_decoder:
-        raise ValueError("generate() needs a causal LM: build MegatronBertForCausalLM with is_decoder=True "
-                         "(a bidirectional model would let each token see the future)")
+    pad_token_id = config.pad_token_id if pad_token_id is None else pad_token_id
+    check_generate_args(config, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id, cache,
+                        compile)
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    choose = partial(next_token, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                     repetition_penalty=repetition_penalty, generator=generator)
+    with eval_mode(model):
+        if compile or cache == "fixed":
+            return decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_token_id,
+                                pad_token_id, compile)
+        return decode(model, input_ids, attention_mask, max_new_tokens, choose, eos_token_id, pad_token_id,
+                      static=cache == "static")
+
+
+def check_logits(logits: torch.Tensor, step: int) -> None:
+    if bool(torch.isnan(logits).any()):
+        rows = torch.isnan(logits).any(-1).nonzero().flatten().tolist()
+        raise FloatingPointError(f"the model's logits are NaN at new token {step} (batch rows {rows}); check the "
+                                 f"weights (e.g. an fp16 overflow) and the attention_mask")
+
+
+def decode(model, input_ids, attention_mask, max_new_tokens, choose, eos_token_id, pad_token_id, static: bool):
+    """The readable loop: prefill the prompt, then one token at a time, with a dynamic or static cache."""
     B, T = input_ids.shape
-    if T == 0:
-        raise ValueError("input_ids is empty: give at least one prompt token (e.g. [CLS])")
-    if T + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} is longer than "
-                         f"max_position_embeddings={config.max_position_embeddings}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {(B, T)}")
-    if bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("the last prompt column is padding: pad batched prompts on the LEFT so every row "
-                         "ends with a real token")
-    pad_token_id = config.pad_token_id if pad_token_id is None else pad_token_id
     padded = not bool(attention_mask.all())
+    static_cache = StaticCache(model, B, T + max_new_tokens) if static else None
 
     ids, new, past = input_ids, input_ids, None
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    with eval_mode(model):
-        for _ in range(max_new_tokens):
-            positions = mask = None  # no padding: default positions (0, 1, ...), no mask (fastest kernel)
-            if padded:
-                # A left-padded row's first real token is position 0, not position (number of pads):
-                # count real tokens with a running sum. Padding gets a dummy position (it is masked out).
-                mask = attention_mask
-                positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -new.shape[1]:]
-            out = model(new, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
-            past = out.past_key_values  # per layer (k, v), each (B, nh, S, hs)
-            token = next_token(out.logits[:, -1].float(), ids, do_sample, temperature, top_k, top_p,
-                               repetition_penalty, generator)  # (B,)
-            if eos_token_id is not None:
-                token = token.masked_fill(finished, pad_token_id)
-                finished |= token == eos_token_id
-            ids = torch.cat([ids, token[:, None]], dim=1)  # (B, T + 1)
-            if padded:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-            new = token[:, None]  # (B, 1): only the newest token goes through the model next step
-            if bool(finished.all()):
-                break
+    for step in range(max_new_tokens):
+        positions = mask = None  # no padding: default positions (0, 1, ...), no mask (fastest kernel)
+        if padded:
+            # A left-padded row's first real token is position 0, not position (number of pads):
+            # count real tokens with a running sum. Padding gets a dummy position (it is masked out).
+            mask = attention_mask
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -new.shape[1]:]
+        if static_cache is not None:
+            past = static_cache.filled(ids.shape[1] - new.shape[1])  # views of the slots filled so far
+        out = model(new, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        past = out.past_key_values  # per layer (k, v), each (B, nh, S, hs)
+        logits = out.logits[:, -1].float()  # (B, V)
+        check_logits(logits, step)
+        token = choose(logits, ids)  # (B,)
+        if eos_token_id is not None:
+            token = token.masked_fill(finished, pad_token_id)
+            finished |= token == eos_token_id
+        ids = torch.cat([ids, token[:, None]], dim=1)  # (B, T + 1)
+        if padded:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        new = token[:, None]  # (B, 1): only the newest token goes through the model next step
+        if bool(finished.all()):
+            break
     return ids
+
+
+def decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_token_id, pad_token_id,
+                 compile: bool):
+    """Prefill as usual, then decode steps whose inputs all live in fixed-shape tensors updated in place."""
+    B, T = input_ids.shape
+    if max_new_tokens == 0:
+        return input_ids
+    device = input_ids.device
+    total = T + max_new_tokens
+    cache = StaticCache(model, B, total - 1)  # the last new token is never fed back in
+    mask = torch.zeros(B, total, dtype=torch.long, device=device)  # 1 = a real token in that slot
+    mask[:, :T] = 1 if attention_mask is None else attention_mask
+    prompt_mask = None if attention_mask is None or bool(attention_mask.all()) else mask[:, :T]
+    positions = (mask[:, :T].cumsum(-1) - 1).clamp(min=0)  # (B, T): position 0 at each row's first real token
+    out = model(input_ids, attention_mask=prompt_mask, position_ids=positions if prompt_mask is not None else None,
+                past_key_values=cache.filled(0), use_cache=True)
+    logits = out.logits[:, -1].float()  # (B, V)
+    next_position = positions[:, -1:] + 1  # (B, 1)
+    # The step's inputs: every step reads them from the same tensors, so a captured graph can replay.
+    token_in = torch.zeros(B, 1, dtype=input_ids.dtype, device=device)
+    position_in = next_position.clone()
+    write_at = torch.full((1,), T, dtype=torch.long, device=device)
+    step_fn = decode_step
+    if compile:
+        step_fn = compiled_decode_step("reduce-overhead" if device.type == "cuda" else None)
+    past = cache.fixed(write_at)
+
+    ids = input_ids
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        check_logits(logits, step)
+        token = choose(logits, ids)
+        if eos_token_id is not None:
+            token = token.masked_fill(finished, pad_token_id)
+            finished |= token == eos_token_id
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        slot = T + step  # the slot the token just chosen occupies
+        token_in.copy_(token[:, None])
+        mask[:, slot] = 1
+        write_at.fill_(slot)
+        logits = step_fn(model, token_in, position_in, mask[:, :-1], past)
+        position_in += 1
+    return ids
+
+
+def decode_step(model, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, past) -> torch.Tensor:
+    """One fixed-shape decode step: (B, 1) token at (B, 1) position, (B, max_len) mask -> (B, V) logits."""
+    out = model(token, attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
+    return out.logits[:, -1].float()
+
+
+@functools.cache
+def compiled_decode_step(mode: str | None) -> Callable:
+    """decode_step through torch.compile, built once per mode (on CUDA, "reduce-overhead" replays it as a CUDA
+    graph: one launch per step instead of hundreds of small kernels)."""
+    return torch.compile(decode_step, mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -77,6 +77,13 @@ class KVCache(NamedTuple):
     def cross(self) -> None:
         return None  # no cross-attention entry
 
+    def extend(self, key: torch.Tensor, value: torch.Tensor) -> KVCache:
+        """This cache with new tokens' keys/values (B, nh, T, hs) appended: (B, nh, S + T, hs).
+
+        A new tensor each step; generation.StaticKVCache overrides this to write into preallocated memory.
+        """
+        return KVCache(torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2))
+
 
 class CrossKVCache(NamedTuple):
     """A decoder layer with cross-attention: its own keys/values, then those computed once from the encoder."""
@@ -92,6 +99,11 @@ class CrossKVCache(NamedTuple):
 
 
 LayerCache = KVCache | CrossKVCache
+
+
+def self_cache(past: LayerCache | None) -> KVCache | None:
+    """The self-attention part of a layer's cache entry (a KVCache, or subclass, passes through unchanged)."""
+    return past if past is None or isinstance(past, KVCache) else KVCache(past.key, past.value)
 
 
 def as_layer_cache(past, layer: int) -> LayerCache | None:
@@ -260,7 +272,7 @@ class MegatronBertSelfAttention(nn.Module):
             k = self.hook_k(self.split_heads(self.key(source)))  # (B, nh, S, hs)
             v = self.hook_v(self.split_heads(self.value(source)))  # (B, nh, S, hs)
             if past is not None:  # self-attention cache: prepend the keys/values of earlier tokens
-                k, v = torch.cat([past.key, k], dim=2), torch.cat([past.value, v], dim=2)
+                k, v = past.extend(k, v)
 
         probs = None
         if self.needs_explicit_path(output_attentions, head_mask, q.device):
@@ -413,7 +425,7 @@ class MegatronBertLayer(nn.Module):
         offset = 0 if past is None else past.key.shape[2]  # tokens already in the cache come first
         x = self.hook_resid_pre(x)
         attn = self.attention(x, mask=mask, head_mask=head_mask, output_attentions=output_attentions,
-                              past=None if past is None else KVCache(past.key, past.value), query_offset=offset)
+                              past=self_cache(past), query_offset=offset)
         x = self.attention.output.residual(x, self.hook_attn_out(attn.out))
         cache, cross_probs = attn.kv, None
         if encoder_hidden_states is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import make_pair
+from reference import make_pair, tiny_config
 
-from megabert_edu.generation import fill_mask, generate, sample_mlm, top_k_filter, top_p_filter
+from megabert_edu import MegatronBertForCausalLM
+from megabert_edu.generation import StaticCache, fill_mask, generate, sample_mlm, top_k_filter, top_p_filter
 from megabert_edu.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
 
 NEW = 12
@@ -267,3 +268,73 @@ def test_shipped_models_are_trained_and_small():
     assert all(g["token"] not in SPECIAL_TOKENS for g in guesses)
     # A random model spreads its guesses over all 8000 tokens; the trained one does not.
     assert guesses[0]["score"] > 10 / tokenizer.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------------
+# Static and fixed-shape KV caches: the same tokens as the dynamic cache and the reference
+
+
+@pytest.mark.parametrize("cache", ["static", "fixed"])
+def test_static_caches_match_dynamic_and_reference(pair, cache):
+    ours, ref = pair
+    ids = torch.randint(5, 99, (2, 6), generator=torch.Generator().manual_seed(3))
+    dynamic = generate(ours, ids, max_new_tokens=NEW)
+    assert torch.equal(generate(ours, ids, max_new_tokens=NEW, cache=cache), dynamic)
+    assert torch.equal(dynamic, reference_generate(ref, ids))
+
+
+@pytest.mark.parametrize("cache", ["static", "fixed"])
+def test_static_caches_left_padded_with_eos_match_reference(pair, cache):
+    ours, ref = pair
+    ids, mask = left_padded_batch()
+    free = generate(ours, ids, attention_mask=mask, max_new_tokens=NEW)
+    eos = int(free[0, 7 + 2])
+    out = generate(ours, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=1, cache=cache)
+    expected = ref.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, eos_token_id=eos,
+                            pad_token_id=1)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("cache", ["static", "fixed"])
+def test_static_caches_sample_like_the_dynamic_one(pair, cache):
+    ours, _ = pair
+    ids, mask = left_padded_batch(1)
+    torch.manual_seed(7)
+    a = generate(ours, ids, attention_mask=mask, max_new_tokens=NEW, do_sample=True, top_p=0.8)
+    torch.manual_seed(7)
+    b = generate(ours, ids, attention_mask=mask, max_new_tokens=NEW, do_sample=True, top_p=0.8, cache=cache)
+    assert torch.equal(a, b)
+
+
+def test_static_cache_writes_in_place():
+    torch.manual_seed(0)
+    model = MegatronBertForCausalLM(tiny_config(is_decoder=True)).eval()
+    cache = StaticCache(model, batch=2, max_len=10)
+    buffers = [k.data_ptr() for k, _ in cache.buffers]
+    ids = torch.randint(5, 99, (2, 4))
+    with torch.no_grad():
+        out = model(ids, past_key_values=cache.filled(0), use_cache=True)
+        dynamic = model(ids, use_cache=True)
+    for (k, v), (k_dyn, v_dyn), ptr in zip(out.past_key_values, dynamic.past_key_values, buffers, strict=True):
+        assert k.data_ptr() == ptr and k.shape[2] == 4  # a view of the preallocated buffer
+        assert torch.equal(k, k_dyn) and torch.equal(v, v_dyn)
+    assert [b.shape for b, _ in cache.buffers] == [(2, 4, 10, 8)] * 3
+
+
+def test_static_cache_on_a_pruned_model_matches_dynamic():
+    torch.manual_seed(0)
+    model = MegatronBertForCausalLM(tiny_config(is_decoder=True)).eval()
+    model.prune_heads({0: [1], 2: [0, 3]})
+    ids = torch.randint(5, 99, (2, 5), generator=torch.Generator().manual_seed(1))
+    dynamic = generate(model, ids, max_new_tokens=NEW)
+    assert torch.equal(generate(model, ids, max_new_tokens=NEW, cache="static"), dynamic)
+    assert torch.equal(generate(model, ids, max_new_tokens=NEW, cache="fixed"), dynamic)
+
+
+def test_relative_positions_refuse_the_fixed_cache():
+    torch.manual_seed(0)
+    model = MegatronBertForCausalLM(tiny_config(is_decoder=True, position_embedding_type="relative_key")).eval()
+    ids = torch.randint(5, 99, (1, 4))
+    assert torch.equal(generate(model, ids, max_new_tokens=4, cache="static"), generate(model, ids, max_new_tokens=4))
+    with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
+        generate(model, ids, max_new_tokens=4, cache="fixed")
