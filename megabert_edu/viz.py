@@ -23,6 +23,7 @@ the last one even though the sliders themselves need a live kernel.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import html
@@ -30,6 +31,7 @@ import itertools
 import json
 import random
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -52,6 +54,10 @@ try:  # the notebooks extra; without it the explorers fall back to static pictur
 except ImportError:  # pragma: no cover - exercised only where the notebooks extra is missing
     widgets = None
     get_ipython = display = HTML = None
+try:  # optional: the familiar bertviz views, made to work offline below
+    import bertviz
+except ImportError:  # pragma: no cover
+    bertviz = None
 
 PAD_TOKEN = "[PAD]"
 PROBS_PATTERN = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.self\.hook_probs$")
@@ -240,6 +246,65 @@ def model_attention_view(model: nn.Module, tokenizer, text: str, *, text_b: str 
     with torch.no_grad():
         out = base(**{k: v.to(base.device) for k, v in batch.items()}, output_attentions=True)
     return attention_view(tokens, out.attentions, tokens_b=tokens_b, heads=live_heads(model), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bertviz, offline: its three libraries come from npm packages that `make install` puts in the venv
+
+BERTVIZ_JS_DIR = Path(sys.prefix) / "share" / "megabert_edu" / "js" / "node_modules"
+BERTVIZ_LIBS = {  # what bertviz asks the CDN for -> the file of the npm package that replaces it
+    "require": ("requirejs/require.js", "https://cdnjs.cloudflare.com/ajax/libs/require.js/2.3.6/require.min.js"),
+    "d3": ("d3/dist/d3.min.js", "https://cdnjs.cloudflare.com/ajax/libs/d3/5.7.0/d3.min"),
+    "jquery": ("jquery/dist/jquery.min.js", "https://cdnjs.cloudflare.com/ajax/libs/jquery/2.0.0/jquery.min"),
+}
+
+
+def bertviz_offline_available(js_dir: str | Path | None = None) -> bool:
+    """True when bertviz is installed and require.js, d3 and jQuery are in `js_dir` (default: the venv's)."""
+    root = Path(js_dir) if js_dir is not None else BERTVIZ_JS_DIR
+    return bertviz is not None and all((root / file).is_file() for file, _ in BERTVIZ_LIBS.values())
+
+
+def offline_bertviz_html(page: str, js_dir: str | Path | None = None) -> str:
+    """Rewrite bertviz's HTML so it loads nothing from a network.
+
+    require.js is inlined (only where the page has no require.js of its own, as the classic Notebook does);
+    d3 and jQuery become data: URLs in require's paths, which require.js loads as they are.
+    """
+    root = Path(js_dir) if js_dir is not None else BERTVIZ_JS_DIR
+    if not bertviz_offline_available(root):
+        raise RuntimeError(f"bertviz offline needs bertviz and the npm packages requirejs, d3@5 and jquery@2 in "
+                           f"{root} (make install puts them there when npm is available); use attention_view")
+    require_file, require_url = BERTVIZ_LIBS["require"]
+    require_tag = f'<script src="{require_url}"></script>'
+    if require_tag not in page:
+        raise RuntimeError("this bertviz version loads require.js differently; offline rewriting is not possible")
+    require_js = (root / require_file).read_text(encoding="utf-8").replace("</script", "<\\/script")
+    page = page.replace(require_tag, f"<script>if (typeof window.requirejs === 'undefined') {{\n{require_js}\n}}"
+                                     "</script>")
+    for name in ("d3", "jquery"):
+        file, url = BERTVIZ_LIBS[name]
+        if url not in page:
+            raise RuntimeError(f"this bertviz version loads {name} from elsewhere than {url}; cannot rewrite it")
+        data = base64.b64encode((root / file).read_bytes()).decode("ascii")
+        page = page.replace(url, f"data:text/javascript;base64,{data}")
+    return page
+
+
+def bertviz_head_view(attention, tokens, *, js_dir: str | Path | None = None, **kwargs):
+    """bertviz.head_view(attention, tokens, ...) that renders offline (returns an IPython HTML object)."""
+    if bertviz is None:
+        raise RuntimeError("bertviz is not installed (pip install bertviz); use attention_view")
+    page = bertviz.head_view(attention, tokens, html_action="return", **kwargs).data
+    return HTML(offline_bertviz_html(page, js_dir))
+
+
+def bertviz_model_view(attention, tokens, *, js_dir: str | Path | None = None, **kwargs):
+    """bertviz.model_view(attention, tokens, ...) that renders offline (returns an IPython HTML object)."""
+    if bertviz is None:
+        raise RuntimeError("bertviz is not installed (pip install bertviz); use attention_view")
+    page = bertviz.model_view(attention, tokens, html_action="return", **kwargs).data
+    return HTML(offline_bertviz_html(page, js_dir))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -328,3 +328,22 @@ def test_residual_layernorm_and_training_plots(mlm, batch):
     with pytest.raises(TypeError, match="history must be a TrainResult"):
         viz.plot_training_curves([1, 2])
     plt.close("all")
+
+
+# ---------------------------------------------------------------------------------------------------
+# bertviz, offline
+
+
+@pytest.mark.skipif(not viz.bertviz_offline_available(), reason="make install puts bertviz's libraries in the venv")
+def test_bertviz_html_is_rewritten_to_load_nothing_from_a_network(tok, batch, out):
+    tokens = tok.convert_ids_to_tokens(batch["input_ids"][0])
+    for show in (viz.bertviz_head_view, viz.bertviz_model_view):
+        page = show([a[:1] for a in out.attentions], tokens).data
+        assert "cdnjs" not in page and "data:text/javascript;base64," in page
+        assert "RequireJS 2.3.6" in page
+
+
+def test_bertviz_without_its_libraries_says_where_they_belong(tmp_path):
+    assert not viz.bertviz_offline_available(tmp_path)
+    with pytest.raises(RuntimeError, match=f"npm packages requirejs, d3@5 and jquery@2 in {tmp_path}"):
+        viz.offline_bertviz_html("<script></script>", tmp_path)

@@ -225,3 +225,26 @@ def test_nbconvert_export_in_chromium(browser, minilm, tmp_path):
     # The explorer's picture (the view it last drew) survives the export, even though its sliders need a kernel.
     assert "layer 1, head 2" in roots[2].find_element(By.CSS_SELECTOR, ".mbv-caption").text
     assert picture(roots[2].find_element(By.CSS_SELECTOR, ".mbv-svg")).std() > 10
+
+
+@pytest.mark.skipif(not viz.bertviz_offline_available(),
+                    reason="bertviz offline needs bertviz and npm's requirejs/d3/jquery in the venv: make install")
+@pytest.mark.parametrize("view", ["head", "model"])
+def test_bertviz_renders_offline_in_chromium(browser, minilm, tmp_path, view):
+    model, tok = minilm
+    batch = tok(SENTENCE, return_tensors="pt")
+    attentions = model(**batch, output_attentions=True).attentions
+    tokens = tok.convert_ids_to_tokens(batch["input_ids"][0])
+    show = viz.bertviz_head_view if view == "head" else viz.bertviz_model_view
+    page = tmp_path / "bertviz.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{show(attentions, tokens).data}</body></html>", encoding="utf-8")
+    urls = open_page(browser, page)
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg text"))
+    assert all(u.startswith(LOCAL) for u in urls), urls
+    assert js_errors(browser) == []
+    svg = browser.find_element(By.TAG_NAME, "svg")
+    drawn = browser.execute_script("return Array.from(arguments[0].querySelectorAll('text'), t => t.textContent)",
+                                   svg)
+    if view == "head":  # (the model view writes the tokens only into a thumbnail that is clicked open)
+        assert set(tokens) <= set(drawn)
+    assert picture(svg).std() > 10
