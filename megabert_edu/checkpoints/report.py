@@ -61,11 +61,11 @@ class LoadReport:
         raise CheckpointError("\n".join(lines))
 
     def loading_info(self) -> dict[str, list]:
-        """transformers' ``output_loading_info=True`` dict. Its missing_keys include new head weights."""
+        """transformers' ``output_loading_info=True`` dict (names only; missing_keys include new head weights)."""
         return {
             "missing_keys": self.missing + self.initialized,
             "unexpected_keys": list(self.unexpected),
-            "mismatched_keys": self.mismatched + self.reinitialized,
+            "mismatched_keys": [name for name, _, _ in self.mismatched + self.reinitialized],
             "error_msgs": [],
         }
 
