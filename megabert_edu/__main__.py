@@ -37,6 +37,7 @@ def sentence_embeddings(model, batch) -> torch.Tensor:
 def demo(args: argparse.Namespace) -> None:
     from . import MegatronBertModel, WordPieceTokenizer
     from .analysis import attention_summary, punctuation_ids, residual_norms
+    from .viz import model_attention_view, plot_head_grid  # matplotlib: imported only when the demo runs
 
     torch.manual_seed(0)
     path = minilm_dir()
@@ -61,6 +62,17 @@ def demo(args: argparse.Namespace) -> None:
     (pl, ph, pv), (nl, nh, nv) = summary.top("prev", 1)[0], summary.top("next", 1)[0]
     print(f"  strongest previous-token head: layer {pl} head {ph} ({pv:.0%} of its attention)")
     print(f"  strongest next-token head:     layer {nl} head {nh} ({nv:.0%} of its attention)")
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = model_attention_view(model, tok, SENTENCES[0], layer=pl, head=ph).save(out_dir / "attention.html")
+    with torch.no_grad():
+        maps = model(**batch, output_attentions=True).attentions
+    rows = [tok.convert_ids_to_tokens(ids) for ids in batch["input_ids"]]
+    grid = plot_head_grid(maps, rows, row=0, attention_mask=batch["attention_mask"])
+    grid.savefig(out_dir / "head_grid.png", dpi=80)
+    print(f"  sentence 1's attention, interactive and offline (open in a browser): {page.resolve()}")
+    print(f"  every layer x head of sentence 1 as heat maps: {(out_dir / 'head_grid.png').resolve()}")
 
     norms = residual_norms(model, batch["input_ids"], batch["attention_mask"])
     print("\nResidual-stream norm after the embeddings and after each layer (mean over real tokens):")
@@ -108,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     demo_parser = sub.add_parser("demo", help="load real MiniLM weights, look at its attention, prune two heads",
                                  parents=[debug])
+    demo_parser.add_argument("--out", default=".", help="folder for attention.html and head_grid.png (default: .)")
     demo_parser.set_defaults(func=demo)
     add_convert_subcommand(sub, parents=[debug])
     return parser
