@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import models
 from ..config import MegatronBertConfig
-from .hf import load_state_dict
+from .loading import load_state_dict
 from .megatron_lm import convert_megatron_lm_checkpoint, is_megatron_lm_checkpoint
 from .report import CheckpointError, LoadReport
 from .tf import is_tf_checkpoint, list_tf_variables, load_tf_weights, map_tf_name, resolve_tf_prefix, tf_config

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..config import MegatronBertConfig
-from .hf import load_state_dict
+from .loading import build_model, resolve_config
 from .report import CheckpointError
 
 # Megatron-LM module (flattened, under "model.")  -> our module; the leaves (.weight, .bias) carry over.
@@ -346,22 +346,21 @@ def _megatron_config(sizes: dict[str, tuple[int, str]], args: Any, path: str,
     """
     stored = _stored_fields(args, sizes, path)
     source = "the config passed in" if config is not None else path
-    try:
-        if config is None:
-            fields = {**stored, **{field: value for field, (value, _) in sizes.items()}, **overrides}
-            if "num_attention_heads" not in fields:
-                raise CheckpointError(
-                    f"{path} stores no args.num_attention_heads, and the head count does not show in the tensors' "
-                    "shapes: pass config=MegatronBertConfig(...) or num_attention_heads=... (--config on the "
-                    "command line)"
-                )
+    if config is None:
+        fields = {**stored, **{field: value for field, (value, _) in sizes.items()}}
+        if "num_attention_heads" in overrides:  # needed now: no other way to know it (see above)
+            fields["num_attention_heads"] = overrides["num_attention_heads"]
+        if "num_attention_heads" not in fields:
+            raise CheckpointError(
+                f"{path} stores no args.num_attention_heads, and the head count does not show in the tensors' "
+                "shapes: pass config=MegatronBertConfig(...) or num_attention_heads=... (--config on the "
+                "command line)"
+            )
+        try:
             config = MegatronBertConfig(layer_norm_position="pre", **fields)
-        elif overrides:
-            config = config.copy(**overrides)
-    except CheckpointError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    config = resolve_config(config, overrides, lambda: config)  # errors name the overriding field
     _check_config(config, sizes, source)
     return config
 
@@ -432,7 +431,7 @@ def is_megatron_lm_checkpoint(path: str | os.PathLike) -> bool:
 
 def load_megatron_lm_model(
     cls: type, path: str | os.PathLike, config: MegatronBertConfig | None = None, strict: bool = True,
-    trust_pickle: bool = False, **overrides: Any,
+    ignore_mismatched_sizes: bool = False, trust_pickle: bool = False, **overrides: Any,
 ) -> torch.nn.Module:  # fmt: skip
     """``cls.from_pretrained("<...>.zip")``: convert, build the model, load, and keep the report.
 
@@ -440,6 +439,5 @@ def load_megatron_lm_model(
     """
     config, state_dict = convert_megatron_lm_checkpoint(path, trust_pickle=trust_pickle, config=config,
                                                         **overrides)
-    model = cls(config)
-    model.load_report = load_state_dict(model, state_dict, strict=strict, source=os.fspath(path))
-    return model
+    return build_model(cls, config, state_dict, source=os.fspath(path), strict=strict,
+                       ignore_mismatched_sizes=ignore_mismatched_sizes)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import MegatronBertConfig
-from .hf import load_state_dict
+from .loading import load_state_dict, resolve_config
 from .report import CheckpointError, LoadReport
 from .tf_bundle import (
     TFVariable,
@@ -185,12 +185,13 @@ def _plan(variables: Iterable[TFVariable]) -> tuple[dict[str, tuple[str, bool]],
     return plan, skipped, unknown
 
 
-def load_tf_weights(model: torch.nn.Module, prefix: str | os.PathLike, strict: bool = True) -> LoadReport:
+def load_tf_weights(model: torch.nn.Module, prefix: str | os.PathLike, strict: bool = True,
+                    ignore_mismatched_sizes: bool = False) -> LoadReport:
     """Load a Google-BERT- or Megatron-named TF checkpoint into ``model`` (pre- or post-LN) in place.
 
     Every tensor is read and its checksum verified, including the optimizer slots and global_step,
     which are then skipped and listed. With ``strict``, a missing or mis-shaped tensor raises
-    CheckpointError listing them all.
+    CheckpointError listing them all (``ignore_mismatched_sizes``: mis-shaped ones stay as initialised).
     """
     prefix = resolve_tf_prefix(prefix)
     plan, skipped, unknown = _plan(list_tf_variables(prefix))
@@ -200,7 +201,8 @@ def load_tf_weights(model: torch.nn.Module, prefix: str | os.PathLike, strict: b
             key, transpose = plan[tf_name]
             tensors[key] = torch.from_numpy(np.ascontiguousarray(array.T if transpose else array))
     # From here on it is an ordinary state dict: the generic loader matches names, shapes and tied weights.
-    report = load_state_dict(model, tensors, strict=False, source=prefix)
+    report = load_state_dict(model, tensors, strict=False, source=prefix,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes)
     report.skipped[:0] = skipped
     report.unexpected.extend(unknown)
     if strict and not report.ok:
@@ -280,8 +282,9 @@ def tf_config(
     """Config for a TF checkpoint: ``config_path``, else the bert_config.json or config.json beside it.
 
     Google's bert_config.json field names are ours. The LayerNorm names in the checkpoint decide
-    ``layer_norm_position``; keyword ``overrides`` win over both. The result is checked against the
-    tensors' shapes (CheckpointError naming the file and the field if they disagree).
+    ``layer_norm_position``; keyword ``overrides`` win over both (a keyword that is no config field
+    raises TypeError). The result is checked against the tensors' shapes (CheckpointError naming the
+    file and the field if they disagree).
     """
     prefix = resolve_tf_prefix(prefix)
     folder = os.path.dirname(prefix) or "."
@@ -296,28 +299,31 @@ def tf_config(
     if position is not None:
         fields["layer_norm_position"] = position
     try:
-        config = MegatronBertConfig.from_dict(fields, **overrides)
+        config = MegatronBertConfig.from_dict(fields)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from e
+    config = resolve_config(config, overrides, lambda: config)
     check_tf_config(config, variables, source=path)
     return config
 
 
 def load_tf_checkpoint_model(
     cls: type, prefix: str | os.PathLike, config: MegatronBertConfig | None = None, strict: bool = True,
-    **overrides: Any,
+    ignore_mismatched_sizes: bool = False, **overrides: Any,
 ) -> torch.nn.Module:  # fmt: skip
     """``cls.from_pretrained(<TF prefix>)``: build the model from its config, then load the weights.
 
     ``config`` replaces the bert_config.json beside the checkpoint; keyword ``overrides`` change single
-    fields of whichever config is used. With ``strict``, the config's sizes must match the tensors.
+    fields of whichever config is used. The config's sizes must match the tensors' shapes (unless
+    ``strict=False`` or ``ignore_mismatched_sizes`` asks for a partial load).
     """
     prefix = resolve_tf_prefix(prefix)
     if config is None:
         config = tf_config(prefix, **overrides)
     else:
-        config = config.copy(**overrides) if overrides else config
-        check_tf_config(config, list_tf_variables(prefix), source="the config passed in")
+        config = resolve_config(config, overrides, lambda: config)
+        if strict and not ignore_mismatched_sizes:
+            check_tf_config(config, list_tf_variables(prefix), source="the config passed in")
     model = cls(config)
-    model.load_report = load_tf_weights(model, prefix, strict=strict)
+    model.load_report = load_tf_weights(model, prefix, strict=strict, ignore_mismatched_sizes=ignore_mismatched_sizes)
     return model

@@ -553,6 +553,37 @@ def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> by
     return bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
 
 
+def _entry_proto(dtype: str, shape: tuple[int, ...], offset: int, size: int, crc: int) -> bytes:
+    """A BundleEntryProto: dtype, shape, (shard 0,) offset, size and the masked CRC32C of the bytes."""
+    dims = b"".join(_field(2, _field(1, d)) for d in shape)  # TensorShapeProto.dim
+    entry = _field(1, _TF_ENUM[dtype]) + _field(2, dims)
+    entry += _field(4, offset) if offset else b""
+    entry += _field(5, size) if size else b""
+    return entry + _varint(6 << 3 | 5) + struct.pack("<I", _mask(crc))  # crc32c is a fixed32
+
+
+def _write_index(path: str, entries: list[tuple[bytes, bytes]], header: bytes) -> None:
+    """Write an SSTable of (key, BundleEntryProto) sorted by key, after the header under key ""."""
+    blocks = bytearray()
+
+    def add_block(contents: bytes) -> bytes:
+        handle = _varint(len(blocks)) + _varint(len(contents))
+        blocks.extend(contents + b"\x00" + struct.pack("<I", _mask(crc32c(contents + b"\x00"))))
+        return handle
+
+    data_entries = [(b"", header), *entries]
+    data_handle = add_block(_block(data_entries))
+    meta_handle = add_block(_block([]))
+    index_handle = add_block(_block([(data_entries[-1][0], data_handle)]))  # last key of the block
+    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", _TABLE_MAGIC)
+    with open(path, "wb") as f:
+        f.write(bytes(blocks) + footer)
+
+
+# BundleHeaderProto: num_shards=1, little-endian (0, the default), VersionDef(producer=1).
+_HEADER = _field(1, 1) + _field(3, _field(1, 1))
+
+
 def write_tf_checkpoint(prefix: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
     """Write ``arrays`` (name -> numpy array, torch tensor, or bytes array) as a one-shard TF2 checkpoint.
 
@@ -567,28 +598,6 @@ def write_tf_checkpoint(prefix: str | os.PathLike, arrays: Mapping[str, Any]) ->
         for name in sorted(arrays):  # the index is sorted bytewise, so we write the data in that order too
             dtype, shape, raw, crc = _encode(arrays[name])
             data.write(raw)
-            dims = b"".join(_field(2, _field(1, d)) for d in shape)  # TensorShapeProto.dim
-            entry = _field(1, _TF_ENUM[dtype]) + _field(2, dims)
-            entry += _field(4, offset) if offset else b""
-            entry += _field(5, len(raw)) if raw else b""
-            entry += _varint(6 << 3 | 5) + struct.pack("<I", _mask(crc))  # crc32c is a fixed32
-            index_entries.append((name.encode("utf-8"), entry))
+            index_entries.append((name.encode("utf-8"), _entry_proto(dtype, shape, offset, len(raw), crc)))
             offset += len(raw)
-    # BundleHeaderProto: num_shards=1, little-endian (0, the default), VersionDef(producer=1).
-    header = _field(1, 1) + _field(3, _field(1, 1))
-    blocks = bytearray()
-
-    def add_block(contents: bytes) -> bytes:
-        handle = _varint(len(blocks)) + _varint(len(contents))
-        blocks.extend(contents + b"\x00" + struct.pack("<I", _mask(crc32c(contents + b"\x00"))))
-        return handle
-
-    data_entries = [(b"", header), *index_entries]
-    data_handle = add_block(_block(data_entries))
-    meta_handle = add_block(_block([]))
-    index_handle = add_block(_block([(data_entries[-1][0], data_handle)]))  # last key of the block
-    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", _TABLE_MAGIC)
-    with open(f"{prefix}.index", "wb") as f:
-        f.write(bytes(blocks) + footer)
-
-
+    _write_index(f"{prefix}.index", index_entries, _HEADER)
