@@ -322,20 +322,27 @@ def _live_kernel() -> bool:
 class _Explorer:
     """Shared display logic: live controls + a picture updated in place, or just the picture."""
 
-    widget = None
+    widget = None  # the ipywidgets box, once built
+    inputs: dict  # its controls by name, so code (and tests) can set them as a user would
 
     def picture(self):  # what a static page shows
         raise NotImplementedError
 
-    def controls(self):  # the ipywidgets box
+    def controls(self):  # builds self.inputs and returns the box
         raise NotImplementedError
+
+    def build_widget(self):
+        """The live controls (ipywidgets); changing them calls the explorer's methods and redraws the picture."""
+        if widgets is None:
+            raise RuntimeError("the explorers' controls need ipywidgets (pip install ipywidgets)")
+        self.widget = self.controls()
+        return self.widget
 
     def _ipython_display_(self) -> None:
         if not _live_kernel():
             display(self.picture())
             return
-        self.widget = self.controls()
-        display(self.widget)
+        display(self.build_widget())
         self._handle = display(self.picture(), display_id=True)
 
     def refresh(self) -> None:
@@ -392,13 +399,13 @@ class AttentionExplorer(_Explorer):
         head = widgets.Dropdown(options=self.heads[self.layer], value=self.head, description="head")
 
         def changed(_=None):
-            if head.value not in self.heads[layer.value]:
-                head.options = self.heads[layer.value]
-                return  # setting the options fires `changed` again with a valid head
-            self.set(text=box.value, layer=layer.value, head=head.value)
+            if tuple(head.options) != tuple(self.heads[layer.value]):  # a pruned model: heads differ by layer
+                head.options = self.heads[layer.value]  # may move head.value, which calls `changed` again
+            self.set(text=box.value if box.value != self.text else None, layer=layer.value, head=head.value)
             self.refresh()
 
-        for w in (box, layer, head):
+        self.inputs = {"text": box, "layer": layer, "head": head}
+        for w in self.inputs.values():
             w.observe(changed, names="value")
         return widgets.HBox([box, layer, head])
 
@@ -504,9 +511,11 @@ class PruningExplorer(_Explorer):
             b.observe(flip, names="value")
             return b
 
+        self.inputs = {(i, h): button(i, h) for i in range(L) for h in range(H)}
         rows = [widgets.HBox([widgets.Label(f"layer {i}", layout=widgets.Layout(width="60px"))]
-                             + [button(i, h) for h in range(H)]) for i in range(L)]
+                             + [self.inputs[i, h] for h in range(H)]) for i in range(L)]
         prune = widgets.Button(description="prune for real", button_style="warning")
+        self.inputs.update(prune=prune, readout=readout)
 
         def do_prune(_):
             self.prune()
@@ -577,10 +586,10 @@ class GenerationExplorer(_Explorer):
             self.settings.update({k: w.value for k, w in sliders.items()})
             self.refresh()
 
-        for name, w in sliders.items():
+        self.inputs = {**sliders, "prompt": prompt}
+        for name, w in self.inputs.items():
             w.description = name
             w.observe(changed, names="value")
-        prompt.observe(changed, names="value")
         return widgets.VBox([prompt, *sliders.values()])
 
 

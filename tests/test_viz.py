@@ -190,6 +190,51 @@ def test_pruning_explorer_metric_equals_a_direct_head_mask_evaluation(tok):
     assert "parameters" in str(result) and live_heads(model) == [[0, 1, 2, 3]] * 4
 
 
+def test_pruning_widgets_set_from_python_recompute_the_head_mask_metric(tok):
+    pytest.importorskip("ipywidgets")
+    model = MegatronBertForMaskedLM.from_pretrained(TINY).float().eval()
+    batches = mlm_batches(tok, seed=2)
+    explorer = viz.explore_pruning(model, batches, neg_loss(batches))
+    explorer.build_widget()
+    explorer.inputs[1, 3].value = False  # what clicking the toggle does
+    explorer.inputs[3, 2].value = False
+    head_mask = torch.ones(4, 4)
+    head_mask[1, 3] = head_mask[3, 2] = 0
+    with torch.no_grad():
+        expected = neg_loss(batches, head_mask)(model)
+    assert explorer.current == pytest.approx(expected, abs=1e-5)
+    assert f"{expected:.4f}" in explorer.inputs["readout"].value
+    explorer.inputs["prune"].click()
+    assert explorer.last_prune.pruned_heads == {1: [3], 3: [2]}
+    assert f"{explorer.last_prune.params_after:,}" in explorer.inputs["readout"].value
+
+
+def test_attention_and_generation_widgets_drive_the_explorers(mlm, tok):
+    pytest.importorskip("ipywidgets")
+    pruned = MegatronBertForMaskedLM.from_pretrained(TINY).float().eval()
+    pruned.prune_heads({2: [0, 1]})
+    explorer = viz.explore_attention(pruned, tok, SENTENCES[0])
+    explorer.build_widget()
+    explorer.inputs["layer"].value = 2  # head 0 is gone there: the head list follows the layer
+    assert list(explorer.inputs["head"].options) == [2, 3] and (explorer.layer, explorer.head) == (2, 2)
+    explorer.inputs["head"].value = 3
+    explorer.inputs["text"].value = SENTENCES[1]
+    assert (explorer.layer, explorer.head, explorer.text) == (2, 3, SENTENCES[1])
+    assert explorer.view().data["head"] == 3
+
+    causal_tok = WordPieceTokenizer.from_pretrained(TINY_CAUSAL)
+    causal = MegatronBertForCausalLM.from_pretrained(TINY_CAUSAL).float().eval()
+    gen = viz.explore_generation(causal, causal_tok, "the king", max_new_tokens=6)
+    gen.build_widget()
+    gen.inputs["temperature"].value = 0.7
+    gen.inputs["seed"].value = 5
+    gen.inputs["top_k"].value = 10
+    assert gen.settings == {"temperature": 0.7, "top_k": 10, "top_p": 1.0, "repetition_penalty": 1.0, "seed": 5,
+                            "greedy": False}
+    assert gen.generate() == viz.explore_generation(causal, causal_tok, "the king", max_new_tokens=6).set(
+        temperature=0.7, seed=5, top_k=10)
+
+
 def test_pruning_explorer_on_a_pruned_model_uses_original_head_numbers(tok):
     model = MegatronBertForMaskedLM.from_pretrained(TINY).float().eval()
     model.prune_heads({1: [0]})
