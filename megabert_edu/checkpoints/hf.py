@@ -100,13 +100,22 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, *, saf
 
     def write(staging: Path) -> None:
         if safe_serialization:
-            safetensors.torch.save_file(tensors, str(staging / weights), metadata={"format": "pt"})
+            _save_safetensors(tensors, staging / weights)
         else:
             torch.save(tensors, staging / weights)
         _fsync(staging / weights)
         _write_file(staging / "config.json", config_text.encode())
 
     replace_directory(directory, write, own_files=OWN_FILES)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' writer, its I/O errors (a full disk) raised as OSError with the errno and the file."""
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+    except safetensors.SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        raise OSError(int(code[1]) if code else errno.EIO, f"could not write {path.name}: {e}") from e
 
 
 def _unique_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -162,7 +171,7 @@ def replace_directory(target: Path, write: Callable[[Path], None], own_files: tu
     2. swap: one atomic rename -- RENAME_EXCHANGE when the target exists, a plain rename when it is new;
     3. fsync the parent so the swap survives a power cut, then delete the old content.
 
-    Files get the usual permissions (0666 minus the umask); the directory keeps its mode.
+    New files get the usual permissions (0666 minus the umask); the directory keeps its mode.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +179,8 @@ def replace_directory(target: Path, write: Callable[[Path], None], own_files: tu
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     try:
         write(staging)
+        for path in staging.iterdir():  # some writers (safetensors) create files 0600
+            os.chmod(path, 0o666 & ~_umask())
         if existed:
             _carry_over(target, staging, skip=own_files)
         os.chmod(staging, stat.S_IMODE(target.stat().st_mode) if existed else 0o777 & ~_umask())
@@ -207,16 +218,13 @@ def _exchange(a: Path, b: Path) -> None:
     """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE).
 
     Without it (another OS, an old kernel, a filesystem that refuses) the swap takes two renames; a crash
-    between them leaves the old checkpoint under the staging name and none at ``b``.
+    between them leaves the old checkpoint under ``a``'s name with ``.old`` appended and none at ``b``.
     """
-    rename_exchange, at_fdcwd = 2, -100
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is not None:
-        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(code, f"cannot swap in the new checkpoint: {os.strerror(code)}", str(b))
+    code = _rename_exchange(a, b)
+    if code == 0:
+        return
+    if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        raise OSError(code, f"cannot swap in the new checkpoint: {os.strerror(code)}", str(b))
     old = a.with_name(a.name + ".old")
     os.rename(b, old)
     try:
@@ -224,7 +232,18 @@ def _exchange(a: Path, b: Path) -> None:
     except OSError:
         os.rename(old, b)  # put the old checkpoint back
         raise
-    os.rename(old, a)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _rename_exchange(a: Path, b: Path) -> int:
+    """The C library's renameat2(a, b, RENAME_EXCHANGE): 0, or the errno (ENOSYS where there is none)."""
+    rename_exchange, at_fdcwd = 2, -100
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return errno.ENOSYS
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return 0
+    return ctypes.get_errno()
 
 
 def _write_file(path: Path, data: bytes) -> None:
