@@ -169,7 +169,7 @@ def _refused_globals(data: io.BytesIO | str, error: Exception) -> str:
     except Exception:  # a legacy-format file cannot be scanned: fall back to the name in the error
         found = re.search(r"GLOBAL (\S+)", str(error))
         names = [found.group(1)] if found else []
-    return ", ".join(names) if names else "an object the safe loader does not allow"
+    return ", ".join(sorted(names)) if names else "an object the safe loader does not allow"
 
 
 def _torch_load(data: io.BytesIO | str, source: str, trust_pickle: bool) -> dict:
