@@ -61,6 +61,9 @@ def best_times(runs: dict, repeats: int) -> dict[str, tuple[float, torch.Tensor]
     return best
 
 
+CACHES = ("dynamic", "static", "fixed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -70,29 +73,32 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ours, ref = build(args)
     print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}; prompt {args.prompt}, "
           f"{args.new} new tokens, greedy, CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"{'batch':>5} {'ours tok/s':>11} {'reference tok/s':>16} {'speed-up':>9}")
-    for batch in (1, 8):
+    print(f"{'batch':>5} " + " ".join(f"{'cache=' + c:>14}" for c in CACHES) + f" {'reference':>10}   tok/s"
+          + "".join(f"  {c + ' x':>10}" for c in CACHES))
+    for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(5, args.vocab, (batch, args.prompt), generator=g)
-        runs = {
-            "ours": lambda ids=ids: ours.generate(ids, max_new_tokens=args.new),
-            "reference": lambda ids=ids: ref.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new,
-                                                      do_sample=False, pad_token_id=0),
-        }
+        runs = {c: (lambda ids=ids, c=c: ours.generate(ids, max_new_tokens=args.new, cache=c)) for c in CACHES}
+        runs["reference"] = lambda ids=ids: ref.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new,
+                                                         do_sample=False, pad_token_id=0)
         with torch.inference_mode():
             for fn in runs.values():
                 fn()  # warm-up
             best = best_times(runs, args.repeats)
-        (t_ours, a), (t_ref, b) = best["ours"], best["reference"]
-        assert torch.equal(a, b), "greedy outputs differ from the reference"
+        t_ref, expected = best["reference"]
+        for c in CACHES:
+            assert torch.equal(best[c][1], expected), f"greedy outputs of cache={c!r} differ from the reference"
         n = batch * args.new
-        print(f"{batch:>5} {n / t_ours:>11.1f} {n / t_ref:>16.1f} {t_ref / t_ours:>8.2f}x")
+        print(f"{batch:>5} " + " ".join(f"{n / best[c][0]:>14.1f}" for c in CACHES) + f" {n / t_ref:>10.1f}        "
+              + "".join(f"  {t_ref / best[c][0]:>9.2f}x" for c in CACHES))
+
 
 if __name__ == "__main__":
     main()
