@@ -136,16 +136,22 @@ class HookedMixin:
                        detach: bool = True, **kwargs):
         """One forward pass; returns (output, {name: activation}) for the requested hook points only."""
         cache: dict[str, torch.Tensor] = {}
-
-        def store(x: torch.Tensor, name: str) -> None:
-            x = x.detach() if detach else x
-            x = x.to(device) if device is not None else x
-            # A chunked MLP calls its hooks once per chunk of the sequence: stitch them back together.
-            cache[name] = torch.cat([cache[name], x], dim=1) if name in cache else x
-
-        with self.hooks([(self.resolve_hook_names(names), store)]):
+        with self.hooks([(self.resolve_hook_names(names), caching_hook(cache, detach, device))]):
             out = self(*args, **kwargs)
         return out, cache
+
+
+def caching_hook(cache: dict[str, torch.Tensor], detach: bool = True,
+                 device: str | torch.device | None = None) -> HookFn:
+    """A forward hook that stores each activation it sees in `cache`, under its hook point's name."""
+
+    def store(x: torch.Tensor, name: str) -> None:
+        x = x.detach() if detach else x
+        x = x.to(device) if device is not None else x
+        # A chunked MLP calls its hooks once per chunk of the sequence: stitch them back together.
+        cache[name] = torch.cat([cache[name], x], dim=1) if name in cache else x
+
+    return store
 
 
 def closest_names(pattern: str, valid: list[str], n: int = 5) -> list[str]:
