@@ -1,12 +1,12 @@
 """megabert_edu: a readable PyTorch Megatron-BERT for learning, inspecting and experimenting."""
 
-from . import analysis, pruning
+from . import analysis, interp, pruning
 from .checkpoints import CheckpointError, LoadReport
 from .checkpoints.megatron_lm import convert_megatron_lm_checkpoint
 from .checkpoints.tf import list_tf_variables, load_tf_weights, read_tf_checkpoint, write_tf_checkpoint
 from .config import ConfigError, MegatronBertConfig
 from .generation import fill_mask, generate, sample_mlm
-from .hooks import HookPoint, UnknownHookName
+from .hooks import HookError, HookPoint, UnknownHookName
 from .models import (
     MegatronBertForCausalLM,
     MegatronBertForMaskedLM,
@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "analysis", "CausalLMCollator", "CheckpointError", "ConfigError", "convert_megatron_lm_checkpoint", "evaluate",
-    "fill_mask",
-    "generate", "HookPoint", "list_tf_variables", "load_tf_weights", "LoadReport", "MegatronBertConfig",
+    "fill_mask", "generate", "HookError", "HookPoint", "interp",
+    "list_tf_variables", "load_tf_weights", "LoadReport", "MegatronBertConfig",
     "MegatronBertForCausalLM", "MegatronBertForMaskedLM", "MegatronBertForMultipleChoice",
     "MegatronBertForNextSentencePrediction", "MegatronBertForPreTraining", "MegatronBertForQuestionAnswering",
     "MegatronBertForSequenceClassification", "MegatronBertForTokenClassification", "MegatronBertModel",
