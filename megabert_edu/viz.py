@@ -711,10 +711,20 @@ def random_pruning_curves(model: nn.Module, metric: Callable[[nn.Module], float]
 def plot_pruning_curve(curve: PruningRun | Sequence[tuple[float, float]], *,
                        random_curves: Sequence[Sequence[tuple[float, float]]] | None = None, ax=None,
                        label: str = "by importance"):
-    """Metric against the share of heads removed; random pruning as a min-max band with its mean."""
+    """Metric against the share of heads removed; random pruning as a min-max band with its mean.
+
+    For a PruningRun the stopping threshold is a dotted line and the rejected step a red cross.
+    """
     ax = _axes(ax)
     x, y = zip(*_curve_points(curve), strict=True)
     ax.plot(x, y, "o-", label=label)
+    if isinstance(curve, PruningRun):
+        ax.axhline(curve.threshold * curve.base_metric, color="black", linestyle=":", linewidth=1,
+                   label=f"threshold ({curve.threshold:.0%} of the start)")
+        if curve.rejected is not None:
+            total = curve.steps[0].heads_left
+            ax.plot([1 - curve.rejected.heads_left / total], [curve.rejected.metric], "x", color="red",
+                    markersize=9, label="rejected step")
     if random_curves:
         pts = np.array([[p for p in c] for c in random_curves], dtype=float)  # (draws, shares, 2)
         xs = pts[..., 0].mean(0)
@@ -793,13 +803,19 @@ def plot_training_curves(history, *, metrics: Sequence[str] | None = None, axes=
     if axes is None:
         _, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.5 * (1 + len(metrics)), 3.5), squeeze=False)
         axes = axes[0]
+    lr_ax = axes[0].twinx()  # the schedule beside the loss: warm-up and decay explain its shape
     for name, h in runs.items():
         train_log = [e for e in h if "loss" in e]
-        axes[0].plot([e["step"] for e in train_log], [e["loss"] for e in train_log], label=name or "train loss")
+        steps = [e["step"] for e in train_log]
+        axes[0].plot(steps, [e["loss"] for e in train_log], label=name or "train loss")
+        if any("lr" in e for e in train_log):
+            lr_ax.plot(steps, [e.get("lr", float("nan")) for e in train_log], ":", color="grey", linewidth=1)
         for ax, m in zip(axes[1:], metrics, strict=False):
             evals = [e for e in h if m in e.get("eval", {})]
             ax.plot([e["step"] for e in evals], [e["eval"][m] for e in evals], "o-", label=name or None)
             ax.set(xlabel="step", title=m)
     axes[0].set(xlabel="step", ylabel="loss", title="training loss")
+    lr_ax.set_ylabel("learning rate (dotted)", color="grey")
     axes[0].legend()
+    axes[0].figure.tight_layout()
     return axes[0].figure
