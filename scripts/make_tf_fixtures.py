@@ -4,7 +4,8 @@ TensorFlow is NOT a dependency of megabert_edu; the tests read these committed f
 reader. To regenerate them, put TensorFlow in a throw-away environment:
 
     python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu numpy
-    /tmp/tfvenv/bin/python scripts/make_tf_fixtures.py
+    /tmp/tfvenv/bin/python scripts/make_tf_fixtures.py              # all of them
+    /tmp/tfvenv/bin/python scripts/make_tf_fixtures.py --shipped    # only megabert-tiny-tf/
 
 It writes three checkpoints, each with the values TensorFlow itself reads back from it
 (``expected.npz``; bfloat16 widened to float32, which is exact):
@@ -14,25 +15,48 @@ It writes three checkpoints, each with the values TensorFlow itself reads back f
     megatron/  the same tiny model in Megatron's names (pre-LN: attention/ln, layer_N/ln, encoder/ln)
     dtypes/    float32/float16/bfloat16/float64/int32/int64/bool/string, scalars to 3-D, a zero-size
                tensor, in 2 shards
+
+and the shipped teaching model, megabert_edu/assets/megabert-tiny, as a Megatron-named TF checkpoint in
+tests/fixtures/megabert-tiny-tf/ (float16, as stored in model.safetensors; with Google's
+bert_config.json and the tokenizer files), so notebook 02 can read trained weights written by TensorFlow.
+(A test fixture, not package data: the installed package keeps only the PyTorch copy.)
+The TF names come from the library's own table (``state_dict_to_tf``), computed by the library's
+Python (``MEGABERT_PYTHON``, default .venv/bin/python), since this environment has no PyTorch.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "tf")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(REPO, "tests", "fixtures", "tf")
+SHIPPED = os.path.join(REPO, "megabert_edu", "assets", "megabert-tiny")
+SHIPPED_TF = os.path.join(REPO, "tests", "fixtures", "megabert-tiny-tf")
+LIBRARY_PYTHON = os.environ.get("MEGABERT_PYTHON", os.path.join(REPO, ".venv", "bin", "python"))
 CONFIG = {  # Google's bert_config.json fields, for a model small enough to commit
     "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
     "intermediate_size": 37, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 24, "type_vocab_size": 2,
     "initializer_range": 0.02,
 }  # fmt: skip
+
+# Run by the library's Python: the shipped weights under their TF names, exactly as stored (float16).
+EXPORT = """
+import sys
+import numpy as np
+from megabert_edu.checkpoints.hf import read_state_dict
+from megabert_edu.checkpoints.tf import state_dict_to_tf
+np.savez(sys.argv[2], **state_dict_to_tf(read_state_dict(sys.argv[1])))
+"""
 
 
 def bert_variables(megatron: bool, seed: int) -> dict[str, np.ndarray]:
@@ -151,7 +175,42 @@ def write_expected(prefix: str) -> None:
     print(f"{prefix}: {len(arrays) + len(strings)} tensors")
 
 
-def main() -> None:
+def save_shipped_model() -> None:
+    """megabert-tiny (MLM + NSP) -> megabert-tiny-tf/model.ckpt, written by a TF1 Saver, dtypes kept."""
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = os.path.join(tmp, "weights.npz")
+        subprocess.run([LIBRARY_PYTHON, "-c", EXPORT, SHIPPED, npz], check=True, cwd=REPO)
+        with np.load(npz) as f:
+            weights = {name: f[name] for name in f.files}
+    if os.path.isdir(SHIPPED_TF):
+        shutil.rmtree(SHIPPED_TF)
+    os.makedirs(SHIPPED_TF)
+    prefix = os.path.join(SHIPPED_TF, "model.ckpt")
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.get_variable(name, initializer=value, dtype=tf.as_dtype(value.dtype))
+                     for name, value in sorted(weights.items())]
+        saver = tf.compat.v1.train.Saver(variables, save_relative_paths=True)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, prefix, write_meta_graph=False)
+    with open(os.path.join(SHIPPED, "config.json")) as f:
+        ours = json.load(f)
+    # Google's bert_config.json has only these fields; the "ln" names say pre-LN (Megatron).
+    google = {k: ours[k] for k in (*CONFIG, "layer_norm_eps")}
+    with open(os.path.join(SHIPPED_TF, "bert_config.json"), "w") as f:
+        json.dump(google, f, indent=2)
+    for name in ("vocab.txt", "tokenizer_config.json"):  # WordPieceTokenizer.from_pretrained(SHIPPED_TF)
+        shutil.copy(os.path.join(SHIPPED, name), SHIPPED_TF)
+    reader = tf.train.load_checkpoint(prefix)  # TensorFlow reads back what it wrote
+    for name, value in weights.items():
+        assert np.array_equal(reader.get_tensor(name), value), name
+    size = sum(os.path.getsize(os.path.join(SHIPPED_TF, f)) for f in os.listdir(SHIPPED_TF))
+    print(f"wrote {SHIPPED_TF} ({len(weights)} tensors, {size / 1e6:.1f} MB) with TensorFlow {tf.__version__}",
+          file=sys.stderr)
+
+
+def write_test_fixtures() -> None:
+    """The three checkpoints in tests/fixtures/tf (deleted and written anew)."""
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     for scheme, megatron in (("google", False), ("megatron", True)):
@@ -167,6 +226,15 @@ def main() -> None:
     write_expected(os.path.join(OUT, "dtypes", "ckpt"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(OUT) for f in fs)
     print(f"wrote {OUT} ({total / 1e6:.2f} MB) with TensorFlow {tf.__version__}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shipped", action="store_true", help="only write tests/fixtures/megabert-tiny-tf")
+    args = parser.parse_args()
+    if not args.shipped:
+        write_test_fixtures()
+    save_shipped_model()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,17 @@ ASSETS = Path(megabert_edu.__file__).parent / "assets"
 FILL_MASK_EXAMPLES = ["a young [MASK] that is kept as a pet", "the [MASK] of the united states",
                       "move [MASK] on foot", "a large body of [MASK] water"]
 PROMPTS = ["dog, domestic dog:", "to run:", "a musical instrument"]
+N_HELD_OUT_WORDS = 10
+
+
+def corpus_text(doc: list[str]) -> str:
+    """The causal LM's training text for one synset: "head words: definition; example; ..."."""
+    return doc[0] + ": " + "; ".join(doc[1:])
+
+
+def held_out_words(docs: list[list[str]], n: int = N_HELD_OUT_WORDS) -> list[list[str]]:
+    """The first `n` validation synsets named by one plain lowercase word ("griddle", "hoe", ...)."""
+    return [d for d in docs if d[0].isalpha() and d[0].islower()][:n]
 
 
 def documents(split: str) -> list[list[str]]:
@@ -107,7 +118,16 @@ def main() -> None:
     parser.add_argument("--mlm-steps", type=int, default=4500)
     parser.add_argument("--clm-steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clm-lr", type=float, default=None, help="default: half of --lr")
+    parser.add_argument("--warmup", type=float, default=0.05, help="fraction of each stage's steps")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 autocast for forward and backward (float32 master weights)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="continue from a saved megabert-tiny directory (its vocabulary and weights)")
+    parser.add_argument("--mlm-minutes", type=float, default=None, help="stop the MLM stage early")
+    parser.add_argument("--clm-minutes", type=float, default=None, help="stop the causal stage early")
+    parser.add_argument("--eval-every", type=int, default=500, help="held-out loss every N steps (curves)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-size", type=int, default=2000)
     args = parser.parse_args()
@@ -121,7 +141,10 @@ def main() -> None:
 
     # 1. Vocabulary ------------------------------------------------------------------------------
     train_docs, val_docs = documents("train"), documents("validation")
-    tokenizer = train_wordpiece([" ".join(d) for d in train_docs], vocab_size=args.vocab_size)
+    if args.init_from is not None:  # continue an earlier run: keep its vocabulary
+        tokenizer = WordPieceTokenizer.from_pretrained(args.init_from)
+    else:
+        tokenizer = train_wordpiece([" ".join(d) for d in train_docs], vocab_size=args.vocab_size)
     print(f"vocabulary: {tokenizer.vocab_size} tokens ({time.perf_counter() - started:.0f}s)")
 
     # 2. MLM + NSP ---------------------------------------------------------------------------------
@@ -129,7 +152,11 @@ def main() -> None:
         vocab_size=tokenizer.vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=128,
         layer_norm_position="pre")
-    model = megabert_edu.MegatronBertForPreTraining(config)
+    if args.init_from is not None:
+        model = megabert_edu.MegatronBertForPreTraining.from_pretrained(args.init_from).float()
+        config = model.config
+    else:
+        model = megabert_edu.MegatronBertForPreTraining(config)
     collate = MLMCollator(tokenizer, max_length=args.max_length)
     # Fresh NSP pairs (new cut points, new random partners) every epoch.
     batches, epoch = [], 0
@@ -145,12 +172,16 @@ def main() -> None:
     log["mlm_at_init"] = mlm_eval(model)
     print("before training:", log["mlm_at_init"])
     t0 = time.perf_counter()
-    result = train(SparsePreTrainingLoss(model), batches[:args.mlm_steps], batch_size=1,
-                   collate_fn=lambda items: collate(items[0]), lr=args.lr, warmup=0.05, seed=args.seed,
-                   log_every=50)
+    # For the learning curve: held-out loss (MLM + NSP) on 512 validation pairs every --eval-every steps.
+    val_batches = [val_pairs[i:i + 128] for i in range(0, min(512, len(val_pairs)), 128)]
+    result = train(SparsePreTrainingLoss(model), batches[:args.mlm_steps], val_batches, batch_size=1,
+                   collate_fn=lambda items: collate(items[0]), lr=args.lr, warmup=args.warmup, seed=args.seed,
+                   log_every=50, bf16=args.bf16, eval_every=args.eval_every,
+                   max_seconds=args.mlm_minutes and 60 * args.mlm_minutes)
     log["mlm_seconds"] = time.perf_counter() - t0
     log["mlm_history"] = result.history
-    log["mlm_examples_seen"] = sum(len(b) for b in batches[:args.mlm_steps])
+    log["mlm_steps_done"] = result.steps
+    log["mlm_examples_seen"] = sum(len(b) for b in batches[:result.steps])
     print(f"MLM+NSP: {result.steps} steps in {log['mlm_seconds']:.0f}s")
 
     # 3. Causal LM ---------------------------------------------------------------------------------
@@ -158,15 +189,22 @@ def main() -> None:
     causal = megabert_edu.MegatronBertForCausalLM(causal_config)
     report = causal.load_state_dict(model.state_dict(), strict=False)  # encoder + LM head; no pooler/NSP
     assert not report.missing_keys, report.missing_keys
-    texts = [{"text": " ".join(d[:1]) + ": " + "; ".join(d[1:])} for d in train_docs]
-    clm_batches = length_buckets(texts, tokenizer, args.batch_size, seed=99)[:args.clm_steps]
+    texts = [{"text": corpus_text(d)} for d in train_docs]
+    clm_batches, epoch = [], 0
+    while len(clm_batches) < args.clm_steps:  # a new shuffle every epoch
+        clm_batches += length_buckets(texts, tokenizer, args.batch_size, seed=99 + epoch)
+        epoch += 1
     clm_collate = CausalLMCollator(tokenizer, max_length=args.max_length)
-    val_texts = [{"text": " ".join(d[:1]) + ": " + "; ".join(d[1:])} for d in val_docs][:args.eval_size]
+    val_texts = [{"text": corpus_text(d)} for d in val_docs][:args.eval_size]
     log["clm_before"] = evaluate(causal, val_texts, batch_size=128, collate_fn=clm_collate)
     t0 = time.perf_counter()
-    clm = train(causal, clm_batches, batch_size=1, collate_fn=lambda items: clm_collate(items[0]),
-                lr=args.lr / 2, warmup=0.05, seed=args.seed, log_every=50)
+    val_text_batches = [val_texts[i:i + 128] for i in range(0, min(512, len(val_texts)), 128)]
+    clm = train(causal, clm_batches[:args.clm_steps], val_text_batches, batch_size=1,
+                collate_fn=lambda items: clm_collate(items[0]), lr=args.clm_lr or args.lr / 2, warmup=args.warmup,
+                seed=args.seed, log_every=50, bf16=args.bf16, eval_every=args.eval_every,
+                max_seconds=args.clm_minutes and 60 * args.clm_minutes)
     log["clm_seconds"] = time.perf_counter() - t0
+    log["clm_steps_done"] = clm.steps
     log["clm_history"] = clm.history
     print(f"causal LM: {clm.steps} steps in {log['clm_seconds']:.0f}s")
 
@@ -193,6 +231,15 @@ def main() -> None:
                            eos_token_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0))
         log["generate_greedy"][prompt] = tokenizer.decode(greedy[0], skip_special_tokens=True)
         log["generate_sampled"][prompt] = tokenizer.decode(sampled[0], skip_special_tokens=True)
+    log["held_out_words"] = []
+    for doc in held_out_words(val_docs):
+        ids = torch.tensor([tokenizer.encode(doc[0] + ":")[:-1]])
+        greedy = generate(causal, ids, max_new_tokens=24, eos_token_id=tokenizer.sep_token_id)
+        sampled = generate(causal, ids, max_new_tokens=24, do_sample=True, top_p=0.9, temperature=0.8,
+                           eos_token_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0))
+        log["held_out_words"].append({"word": doc[0], "wordnet": doc[1],
+                                      "greedy": tokenizer.decode(greedy[0], skip_special_tokens=True),
+                                      "sampled": tokenizer.decode(sampled[0], skip_special_tokens=True)})
     m_id = tokenizer.mask_token_id
     blanks = torch.tensor([tokenizer.encode("a [MASK] [MASK] [MASK] [MASK] [MASK] of water")])
     specials = tuple(tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
@@ -204,7 +251,7 @@ def main() -> None:
                        f"{args.threads} torch thread(s), torch {torch.__version__}")
     log["parameters"] = {"pretraining": model.num_parameters(), "causal": causal.num_parameters()}
     (args.out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    examples = ("fill_mask", "generate_greedy", "generate_sampled", "mask_predict")
+    examples = ("fill_mask", "generate_greedy", "generate_sampled", "held_out_words", "mask_predict")
     print(json.dumps({k: log[k] for k in examples}, indent=1))
     print(f"done in {log['total_seconds'] / 60:.1f} min")
 
