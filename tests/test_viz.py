@@ -368,8 +368,11 @@ def test_residual_layernorm_and_training_plots(mlm, batch):
     history = [{"step": 10, "loss": 3.0, "lr": 1e-4}, {"step": 20, "loss": 2.5, "lr": 1e-4},
                {"step": 20, "eval": {"accuracy": 0.6, "loss": 2.4}}]
     fig = viz.plot_training_curves(history)
-    assert isinstance(fig, plt.Figure) and [ax.get_title() for ax in fig.axes] == ["training loss", "accuracy",
-                                                                                  "loss"]
+    loss_ax, accuracy_ax, eval_loss_ax, lr_ax = fig.axes  # the learning rate shares the loss panel's x axis
+    assert isinstance(fig, plt.Figure)
+    assert [loss_ax.get_title(), accuracy_ax.get_title(), eval_loss_ax.get_title()] == ["training loss", "accuracy",
+                                                                                      "loss"]
+    assert list(lr_ax.lines[0].get_ydata()) == [1e-4, 1e-4] and list(accuracy_ax.lines[0].get_ydata()) == [0.6]
     with pytest.raises(ValueError, match=r"metrics \['f1'\] are not in the history"):
         viz.plot_training_curves(history, metrics=["f1"])
     with pytest.raises(TypeError, match="history must be a TrainResult"):
