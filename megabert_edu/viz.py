@@ -146,6 +146,8 @@ def select_row(tokens: Sequence, layers: list[np.ndarray], *, row: int = 0, atte
         split = None if split is None else int(keep[:split].sum())
         toks = [t for t in toks if t != PAD_TOKEN]
     idx = np.flatnonzero(keep)
+    if idx.size == 0:
+        raise ValueError(f"row {row} has no real tokens: its attention_mask is all 0 (or its tokens all {PAD_TOKEN})")
     maps = [a[row][:, idx][:, :, idx] for a in layers]  # (nh, T', T')
     return toks, split, maps
 

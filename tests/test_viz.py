@@ -130,6 +130,7 @@ def test_save_writes_a_standalone_page(tmp_path, tok, batch, out):
     (dict(heads=[[0, 1]] * 4), ValueError, "heads must list, per layer, the original numbers"),
     (dict(tokens=["a", "b"]), ValueError, "tokens has 2 entries but the attentions cover"),
     (dict(tokens="a b"), TypeError, "tokens must be a non-empty list of token strings"),
+    (dict(attention_mask="all padding"), ValueError, "row 0 has no real tokens"),
     (dict(attentions={"x.hook_z": torch.ones(1)}), ValueError, "the cache has no 'encoder.layer"),
     (dict(attentions=torch.ones(2, 4, 5, 5)), TypeError, "attentions must be out.attentions"),
     (dict(attentions=[torch.ones(4, 5, 6)]), ValueError, r"attentions\[0\] must have shape \(B, nh, T, T\)"),
@@ -137,6 +138,8 @@ def test_save_writes_a_standalone_page(tmp_path, tok, batch, out):
 def test_bad_view_arguments_name_the_argument(tok, batch, out, kwargs, error, message):
     args = dict(tokens=row_tokens(tok, batch, 0), attentions=out.attentions)
     args.update(kwargs)
+    if args.get("attention_mask") == "all padding":
+        args["attention_mask"] = torch.zeros_like(batch["attention_mask"])
     with pytest.raises(error, match=message):
         viz.attention_view(args.pop("tokens"), args.pop("attentions"), **args)
 
