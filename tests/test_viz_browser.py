@@ -193,7 +193,9 @@ SENTENCE = {SENTENCE!r}""",
     "viz.model_attention_view(model, tok, SENTENCE)",
     f"pruned = copy.deepcopy(model)\npruned.prune_heads({PRUNED!r})\n"
     "viz.model_attention_view(pruned, tok, SENTENCE, mode='model')",
-    "viz.explore_attention(model, tok, SENTENCE, layer=1, head=2)",
+    "explorer = viz.explore_attention(model, tok, SENTENCE, layer=1, head=2)\nexplorer",
+    "explorer.inputs['layer'].value = 3  # as if the slider moved: the picture above is redrawn in place\n"
+    "explorer.inputs['head'].value = 7",
 ]
 
 
@@ -222,8 +224,9 @@ def test_nbconvert_export_in_chromium(browser, minilm, tmp_path):
     pruned = copy.deepcopy(model)
     pruned.prune_heads(PRUNED)
     check_model_view(browser, roots[1], pruned)
-    # The explorer's picture (the view it last drew) survives the export, even though its sliders need a kernel.
-    assert "layer 1, head 2" in roots[2].find_element(By.CSS_SELECTOR, ".mbv-caption").text
+    # The explorer's picture survives the export, even though its sliders need a kernel; moving the sliders
+    # in the kernel redrew it in place (update_display_data), so it shows the last selection.
+    assert "layer 3, head 7" in roots[2].find_element(By.CSS_SELECTOR, ".mbv-caption").text
     assert picture(roots[2].find_element(By.CSS_SELECTOR, ".mbv-svg")).std() > 10
 
 
