@@ -139,7 +139,7 @@ class MegatronBertConfig:
         self.add_cross_attention = add_cross_attention
         self.chunk_size_feed_forward = chunk_size_feed_forward
         self.problem_type = problem_type
-        self.pruned_heads = _int_keys(pruned_heads or {})
+        self.pruned_heads = _int_keys({} if pruned_heads is None else pruned_heads)
         self.tie_word_embeddings = tie_word_embeddings
         self.output_attentions = output_attentions
         self.output_hidden_states = output_hidden_states
@@ -183,7 +183,7 @@ class MegatronBertConfig:
         """Setting id2label also sets label2id to its inverse. JSON's string keys become ints."""
         if value is None:
             value = {i: f"LABEL_{i}" for i in range(2)}
-        self._id2label = _int_keys(value) if isinstance(value, dict) else value
+        self._id2label = _int_keys(value)
         if isinstance(value, dict):
             self.label2id = {label: i for i, label in self._id2label.items()}
 
@@ -252,9 +252,9 @@ class MegatronBertConfig:
             raise ConfigError(f"pad_token_id={self.pad_token_id} is not a token id: vocab_size={self.vocab_size}")
         _check_dtype(self.dtype)
         for layer, heads in self.pruned_heads.items():
-            if not 0 <= layer < self.num_hidden_layers:
+            if not -self.num_hidden_layers <= layer < self.num_hidden_layers:  # -1 = last, as transformers
                 raise ConfigError(f"pruned_heads names layer {layer}; the config has layers "
-                                  f"0..{self.num_hidden_layers - 1}")
+                                  f"0..{self.num_hidden_layers - 1} (or -{self.num_hidden_layers}..-1)")
             if any(not 0 <= h < self.num_attention_heads for h in heads):
                 raise ConfigError(f"pruned_heads[{layer}]={heads} names heads outside "
                                   f"0..{self.num_attention_heads - 1}")
@@ -283,8 +283,8 @@ class MegatronBertConfig:
             kind = type(config_dict).__name__
             raise ConfigTypeError(f"a config must be a JSON object {{field: value}}, got a {kind}")
         d = dict(config_dict)
+        _warn_unknown(d)  # first: a misspelt key is named even when its field is then found missing
         _check_required(d)
-        _warn_unknown(d)
         if "layer_norm_position" not in d and d.get("model_type") == "bert":
             d["layer_norm_position"] = "post"  # a BERT config.json means the original post-LN model
         if d.get("id2label") is not None:
@@ -522,8 +522,10 @@ def _warn_unknown(d: dict[str, Any]) -> None:
                       UserWarning, stacklevel=3)
 
 
-def _int_keys(d: dict) -> dict:
-    """{"0": x} -> {0: x} (JSON object keys are strings); keys that are not integers are left as given."""
+def _int_keys(d: Any) -> Any:
+    """{"0": x} -> {0: x} (JSON object keys are strings); other keys, and non-dicts, are left as given."""
+    if not isinstance(d, dict):
+        return d
     return {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v for k, v in d.items()}
 
 
