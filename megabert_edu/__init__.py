@@ -19,13 +19,15 @@ from .models import (
     MegatronBertModel,
     MegatronBertPreTrainedModel,
 )
+from .precision import Precision, choose_precision
 from .tokenization import WordPieceTokenizer, train_wordpiece
-from .training import CausalLMCollator, MLMCollator, TrainResult, evaluate, nsp_pairs, train
+from .training import CausalLMCollator, MLMCollator, TrainConfig, TrainResult, evaluate, nsp_pairs, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analysis", "CausalLMCollator", "CheckpointError", "ConfigError", "convert_megatron_lm_checkpoint", "evaluate",
+    "analysis", "CausalLMCollator", "CheckpointError", "choose_precision", "Precision", "TrainConfig",
+    "ConfigError", "convert_megatron_lm_checkpoint", "evaluate",
     "fill_mask", "generate", "HookError", "HookPoint", "interp",
     "list_tf_variables", "load_tf_weights", "LoadReport", "MegatronBertConfig",
     "MegatronBertForCausalLM", "MegatronBertForMaskedLM", "MegatronBertForMultipleChoice",
