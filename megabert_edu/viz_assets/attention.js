@@ -86,6 +86,7 @@ function mbvRender(root, data) {
                            "aria-label": "attention lines from query tokens (left) to key tokens (right)"}, panel);
   el("svg:text", {x: TEXT_W - 4, y: 14, "text-anchor": "end", text: "query", fill: "#888"}, svg);
   el("svg:text", {x: TEXT_W + GAP + 4, y: 14, text: "key", fill: "#888"}, svg);
+  var bars = el("svg:g", {"class": "mbv-bars"}, svg);  // the hovered token's weights, behind the other column
   var lines = el("svg:g", {"class": "mbv-lines"}, svg);
   var texts = {left: [], right: []};
   function y(i) { return TOP + i * ROW + ROW / 2; }
@@ -104,9 +105,22 @@ function mbvRender(root, data) {
     if (state.focus === null) { return true; }
     return state.focus.side === "left" ? q === state.focus.i : k === state.focus.i;
   }
+  function drawBars(heads) {
+    while (bars.firstChild) { bars.removeChild(bars.firstChild); }
+    if (state.focus === null || heads.length !== 1) { return; }
+    var A = matrix(state.layer, heads[0]), left = state.focus.side === "left";
+    for (var j = 0; j < T; j++) {
+      var w = left ? A[state.focus.i][j] : A[j][state.focus.i];
+      var x = left ? TEXT_W + GAP : TEXT_W - w * TEXT_W;
+      el("svg:rect", {x: x, y: y(j) - ROW / 2 + 2, width: w * TEXT_W, height: ROW - 4, fill: colour(heads[0]),
+                      "fill-opacity": 0.3, "class": "mbv-bar"}, bars).appendChild(
+        el("svg:title", {text: (left ? "attention to " : "attention from ") + data.tokens[j] + ": " + w.toFixed(3)}));
+    }
+  }
   function draw() {
     while (lines.firstChild) { lines.removeChild(lines.firstChild); }
     var heads = state.head === "all" ? data.layers[state.layer].heads : [state.head];
+    drawBars(heads);
     heads.forEach(function (h) {
       var A = matrix(state.layer, h);
       for (var q = 0; q < T; q++) {
