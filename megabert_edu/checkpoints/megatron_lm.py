@@ -109,7 +109,7 @@ def _check_expansion(z: zipfile.ZipFile, source: str, file_size: int) -> None:
         )
 
 
-def _verify_members(z: zipfile.ZipFile, source: str) -> None:
+def _verify_members(z: zipfile.ZipFile) -> None:
     """Read every member to its end, which makes zipfile check its CRC-32 (torch.load never does)."""
     for info in z.infolist():
         with z.open(info) as member:
@@ -139,7 +139,7 @@ def _checked_pt(file: str | io.BytesIO, source: str, size: int) -> None:
     with _open_zip(file, source) as z:
         _check_expansion(z, source, size)
         try:
-            _verify_members(z, source)
+            _verify_members(z)
         except _ZIP_ERRORS as e:
             raise CheckpointError(f"{source} is corrupt: {e}") from None
     if not isinstance(file, str):
@@ -160,7 +160,7 @@ def _safe_globals() -> list:
 
 
 def _refused_globals(data: io.BytesIO | str, error: Exception) -> str:
-    """The globals the safe loader refuses, named by torch's own scan of the pickle."""
+    """The globals the safe loader refuses, named by torch's own scan of the pickle ("" if none)."""
     try:
         if isinstance(data, io.BytesIO):
             data.seek(0)
@@ -169,7 +169,15 @@ def _refused_globals(data: io.BytesIO | str, error: Exception) -> str:
     except Exception:  # a legacy-format file cannot be scanned: fall back to the name in the error
         found = re.search(r"GLOBAL (\S+)", str(error))
         names = [found.group(1)] if found else []
-    return ", ".join(sorted(names)) if names else "an object the safe loader does not allow"
+    return ", ".join(sorted(names))
+
+
+def _torch_reason(error: Exception) -> str:
+    """torch's own reason for a failed load, without its advice to retry with weights_only=False."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.*)", text)
+    reason = found.group(1) if found else (text.splitlines() or [""])[0]
+    return f"{type(error).__name__}: {reason.strip()}"
 
 
 def _torch_load(data: io.BytesIO | str, source: str, trust_pickle: bool) -> dict:
@@ -186,16 +194,17 @@ def _torch_load(data: io.BytesIO | str, source: str, trust_pickle: bool) -> dict
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(data, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if trust_pickle or "Weights only load failed" not in str(e):
-            raise CheckpointError(f"could not read {source}: its pickle is corrupt ({e})") from None
+        refused = "" if trust_pickle else _refused_globals(data, e)
+        if not refused:
+            raise CheckpointError(f"could not read {source}: its pickle is corrupt ({_torch_reason(e)})") from None
         raise CheckpointError(
-            f"{source} pickles {_refused_globals(data, e)}, which the safe loader refuses. Only if you trust "
+            f"{source} pickles {refused}, which the safe loader refuses. Only if you trust "
             "where the file came from, pass --trust-pickle (trust_pickle=True in Python): it lets the file run "
             "code on this machine."
         ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... for a damaged file
         raise CheckpointError(f"could not read {source}: truncated, corrupt or not a PyTorch file "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({_torch_reason(e)})") from None
 
 
 _LATEST = "latest_checkpointed_iteration.txt"  # Megatron's pointer: "release" or an iteration number

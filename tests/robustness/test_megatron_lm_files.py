@@ -332,3 +332,24 @@ def test_fused_qkv_of_the_wrong_height_is_named(tmp_path, known):
     with pytest.raises(mb.CheckpointError, match=r"x\.pt: the fused query/key/value tensor for "
                                                  r"bert\.encoder\.layer\.1\.attention\.self\.QKV\.weight has shape"):
         convert_megatron_lm_checkpoint(tmp_path / "x.pt")
+
+
+def with_pickle(pt: bytes, payload: bytes) -> bytes:
+    """The same .pt with its data.pkl replaced (CRCs valid): a pickle crafted byte by byte."""
+    source, out = zipfile.ZipFile(io.BytesIO(pt)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in source.infolist():
+            z.writestr(info.filename, payload if info.filename.endswith("data.pkl") else source.read(info))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"\x80\x02cos\nsystem\nq\x00.", r"crafted\.pt pickles os\.system, which the safe loader refuses.*--trust-pickle"),
+    (b"\x80\x02\xff garbage", r"could not read .*crafted\.pt: its pickle is corrupt \(UnpicklingError: Unsupported "
+                              r"operand 255\)$"),
+], ids=["os.system", "bad opcode"])  # fmt: skip
+def test_crafted_pickles_are_named_without_torchs_advice(tmp_path, known, payload, message):
+    (tmp_path / "crafted.pt").write_bytes(with_pickle(pt_bytes(megatron_dict(known)), payload))
+    with pytest.raises(mb.CheckpointError, match=message) as error:
+        convert_megatron_lm_checkpoint(tmp_path / "crafted.pt")
+    assert "will likely succeed" not in str(error.value) and "weights_only" not in str(error.value)
