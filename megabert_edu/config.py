@@ -350,11 +350,14 @@ class MegatronBertConfig:
         text = self.to_json_string()
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / ".config.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / "config.json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / "config.json")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Set each key as an attribute (as transformers' ``update``)."""
@@ -369,8 +372,9 @@ class MegatronBertConfig:
         """
         unknown = [k for k in changes if not self.has_field(k)]
         if unknown:
-            raise TypeError(f"unknown config field(s) {unknown}: not a field of MegatronBertConfig "
-                            f"(known: {', '.join(CONFIG_FIELDS)})")
+            raise TypeError(f"unknown config field(s) {unknown}: MegatronBertConfig has no such field (from_pretrained "
+                            f"hands every keyword that is not a loading option to the config; fields: "
+                            f"{', '.join(CONFIG_FIELDS)})")
         new = copy.deepcopy(self)
         order = ("id2label", "num_labels", "label2id")  # labels first: num_labels=3, id2label=None is 3 labels
         for key in sorted(changes, key=lambda k: order.index(k) if k in order else len(order)):

@@ -234,3 +234,55 @@ def test_config_overrides_keep_a_validated_config(tmp_path):
     with pytest.raises(ConfigError, match="num_hidden_layers must be >= 1, got 0"):
         mb.MegatronBertModel.from_pretrained(saved(tmp_path, "MegatronBertModel"), num_hidden_layers=0)
     assert isinstance(MegatronBertConfig.from_pretrained(saved(tmp_path, "MegatronBertModel")), MegatronBertConfig)
+
+
+def megatron_lm_file(model: mb.MegatronBertForPreTraining, path: Path) -> Path:
+    """The dict NVIDIA's model_optim_rng.pt holds (checkpoint_version 0: fused [Q|K|V], no stored args)."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    layers = {}
+    for i in range(model.config.num_hidden_layers):
+        ours, theirs = f"bert.encoder.layer.{i}.", f"layers.{i}."
+        for leaf in ("weight", "bias"):
+            qkv = [sd[f"{ours}attention.self.{p}.{leaf}"] for p in ("query", "key", "value")]
+            layers[f"{theirs}attention.query_key_value.{leaf}"] = torch.cat(qkv)
+            for megatron, name in (("input_layernorm", "attention.ln"), ("attention.dense", "attention.output.dense"),
+                                   ("post_attention_layernorm", "ln"), ("mlp.dense_h_to_4h", "intermediate.dense"),
+                                   ("mlp.dense_4h_to_h", "output.dense")):
+                layers[f"{theirs}{megatron}.{leaf}"] = sd[f"{ours}{name}.{leaf}"]
+    layers.update({f"final_layernorm.{leaf}": sd[f"bert.encoder.ln.{leaf}"] for leaf in ("weight", "bias")})
+    embedding = {name: {"weight": sd[f"bert.embeddings.{ours}_embeddings.weight"]}
+                 for name, ours in (("word_embeddings", "word"), ("position_embeddings", "position"),
+                                    ("tokentype_embeddings", "token_type"))}
+    lm_head = {"bias": sd["cls.predictions.bias"], "dense.weight": sd["cls.predictions.transform.dense.weight"],
+               "dense.bias": sd["cls.predictions.transform.dense.bias"],
+               "layernorm.weight": sd["cls.predictions.transform.LayerNorm.weight"],
+               "layernorm.bias": sd["cls.predictions.transform.LayerNorm.bias"]}
+    torch.save({"model": {
+        "language_model": {"embedding": embedding, "transformer": layers,
+                           "pooler": {"dense.weight": sd["bert.pooler.dense.weight"],
+                                      "dense.bias": sd["bert.pooler.dense.bias"]}},
+        "lm_head": lm_head,
+        "binary_head": {"weight": sd["cls.seq_relationship.weight"], "bias": sd["cls.seq_relationship.bias"]},
+    }}, path)
+    return path
+
+
+def test_config_and_overrides_reach_megatron_lm_files(tmp_path):
+    """A file saved without args: only config= or an override can say the model has 4 heads."""
+    config = tiny_config(hidden_size=128, num_attention_heads=4, layer_norm_eps=1e-5)
+    torch.manual_seed(0)
+    model = mb.MegatronBertForPreTraining(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    path = megatron_lm_file(model, tmp_path / "model_optim_rng.pt")
+    with pytest.raises(CheckpointError, match="stores no args.num_attention_heads"):
+        mb.MegatronBertForPreTraining.from_pretrained(path)
+    by_override = mb.MegatronBertForPreTraining.from_pretrained(path, num_attention_heads=4)
+    assert by_override.config.num_attention_heads == 4
+    loaded = mb.MegatronBertForPreTraining.from_pretrained(path, config=config, hidden_dropout_prob=0.05)
+    assert loaded.config.num_attention_heads == 4 and loaded.config.hidden_dropout_prob == 0.05
+    assert not loaded.training
+    torch.testing.assert_close(loaded(IDS).prediction_logits, model(IDS).prediction_logits, atol=1e-5, rtol=0)
+    classifier = mb.MegatronBertForSequenceClassification.from_pretrained(path, config=config, num_labels=3)
+    assert classifier.classifier.out_features == 3
