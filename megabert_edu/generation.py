@@ -131,9 +131,9 @@ class StaticKVCache(KVCache):
             v_buffer.index_copy_(2, self.write_at, value)
             return KVCache(k_buffer, v_buffer)
         S, T = self.key.shape[2], key.shape[2]
-        k_buffer[:, :, S:S + T] = key
-        v_buffer[:, :, S:S + T] = value
-        return KVCache(k_buffer[:, :, :S + T], v_buffer[:, :, :S + T])
+        k_buffer.narrow(2, S, T).copy_(key)  # slots S .. S+T-1
+        v_buffer.narrow(2, S, T).copy_(value)
+        return KVCache(k_buffer.narrow(2, 0, S + T), v_buffer.narrow(2, 0, S + T))
 
 
 class StaticCache:
@@ -154,7 +154,7 @@ class StaticCache:
 
     def filled(self, length: int) -> tuple[StaticKVCache, ...]:
         """past_key_values for a forward after `length` tokens: views of the filled slots."""
-        return tuple(self.entry(k[:, :, :length], v[:, :, :length], (k, v), None) for k, v in self.buffers)
+        return tuple(self.entry(k.narrow(2, 0, length), v.narrow(2, 0, length), (k, v), None) for k, v in self.buffers)
 
     def fixed(self, write_at: torch.Tensor) -> tuple[StaticKVCache, ...]:
         """past_key_values of a fixed shape: one new token written at `write_at`, all slots attended."""
@@ -292,7 +292,7 @@ def decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_t
     device = input_ids.device
     total = T + max_new_tokens
     cache = StaticCache(model, B, total - 1)  # the last new token is never fed back in
-    mask = torch.zeros(B, total, dtype=torch.long, device=device)  # 1 = a real token in that slot
+    mask = torch.zeros(B, total - 1, dtype=torch.long, device=device)  # (B, slots): 1 = a real token there
     mask[:, :T] = 1 if attention_mask is None else attention_mask
     prompt_mask = None if attention_mask is None or bool(attention_mask.all()) else mask[:, :T]
     positions = (mask[:, :T].cumsum(-1) - 1).clamp(min=0)  # (B, T): position 0 at each row's first real token
@@ -306,6 +306,9 @@ def decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_t
     write_at = torch.full((1,), T, dtype=torch.long, device=device)
     step_fn = decode_step
     if compile:
+        # Tensors that live across steps at a fixed address: a CUDA graph may read and write them in place.
+        for tensor in (*[b for pair in cache.buffers for b in pair], mask, token_in, position_in, write_at):
+            torch._dynamo.mark_static_address(tensor)
         step_fn = compiled_decode_step("reduce-overhead" if device.type == "cuda" else None)
     past = cache.fixed(write_at)
 
@@ -324,7 +327,7 @@ def decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_t
         token_in.copy_(token[:, None])
         mask[:, slot] = 1
         write_at.fill_(slot)
-        logits = step_fn(model, token_in, position_in, mask[:, :-1], past)
+        logits = step_fn(model, token_in, position_in, mask, past)
         position_in += 1
     return ids
 
