@@ -78,17 +78,22 @@ def _token_id(value: Any, name: str) -> int:
     return operator.index(value)
 
 
+def _is_single_id(value: Any) -> bool:
+    """An int, a numpy integer, or a 0-d tensor or array."""
+    if torch.is_tensor(value) or isinstance(value, np.ndarray):
+        return value.ndim == 0
+    return isinstance(value, int | np.integer)
+
+
 def _token_ids(ids: Any, name: str) -> list[int]:
     """One sequence of token ids (list, tuple, 1-D tensor or array, or a single id) as a list of ints."""
+    if _is_single_id(ids):
+        return [_token_id(ids, name)]
     if torch.is_tensor(ids) or isinstance(ids, np.ndarray):
         if ids.ndim > 1:
             raise ValueError(f"{name} must be one sequence of token ids (1-D), got shape {tuple(ids.shape)}: "
                              "use batch_decode for a batch")
-        if ids.ndim == 0:
-            return [_token_id(ids, name)]
         ids = ids.tolist()
-    elif isinstance(ids, int | np.integer):
-        return [_token_id(ids, name)]
     elif not isinstance(ids, list | tuple):
         raise TokenizerTypeError(f"{name} must be a list of token ids or a 1-D tensor, got {type(ids).__name__}")
     if any(isinstance(i, list | tuple) or (torch.is_tensor(i) and i.ndim) for i in ids):
@@ -211,7 +216,11 @@ class WordPieceTokenizer:
 
     @property
     def backend(self) -> Tokenizer:
-        """The underlying `tokenizers.Tokenizer`, for anything not wrapped here."""
+        """The underlying `tokenizers.Tokenizer`, for anything not wrapped here.
+
+        This tokenizer never sets padding or truncation on it, so one WordPieceTokenizer can be used
+        from several threads at once; changes made to it here do not reach calls that truncate.
+        """
         return self._tok
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
@@ -224,7 +233,7 @@ class WordPieceTokenizer:
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int] | torch.Tensor | np.ndarray) -> str | list[str]:
         """Id -> token (ints, numpy integers or tensors); a sequence or 1-D tensor gives a list."""
-        if isinstance(ids, int | np.integer) or (torch.is_tensor(ids) or isinstance(ids, np.ndarray)) and not ids.ndim:
+        if _is_single_id(ids):
             return self._id_to_token(_token_id(ids, "ids"))
         return [self._id_to_token(i) for i in _token_ids(ids, "ids")]
 
