@@ -118,14 +118,12 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
     def tie_weights(self) -> None:
         """Share the LM decoder matrix with the input word embeddings (one tensor, two roles).
 
-        With config.torchscript the matrix is copied instead, as transformers does: a traced module
-        cannot hold one parameter under two names.
+        Also under config.torchscript, where transformers copies the matrix instead: torch.jit.trace
+        handles a shared parameter today, and a copy would not follow the weights from_pretrained loads.
         """
         head = self.lm_head()
-        if head is None or not self.config.tie_word_embeddings:
-            return
-        words = self.get_input_embeddings().weight
-        head.decoder.weight = nn.Parameter(words.clone()) if self.config.torchscript else words
+        if head is not None and self.config.tie_word_embeddings:
+            head.decoder.weight = self.get_input_embeddings().weight
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:

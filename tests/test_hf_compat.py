@@ -124,9 +124,18 @@ def test_torchscript_config_makes_the_model_traceable(name):
         out = traced(ids)
     assert type(out) is tuple
     assert_same_structure(out, ref(ids))
-    if name == "MegatronBertForMaskedLM":  # TorchScript cannot share a parameter: the decoder holds a copy
-        assert ours.get_output_embeddings().weight is not ours.get_input_embeddings().weight
-        torch.testing.assert_close(ours.get_output_embeddings().weight, ours.get_input_embeddings().weight)
+    if name == "MegatronBertForMaskedLM":  # the tie is kept (transformers copies the matrix under torchscript)
+        assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
+
+
+def test_torchscript_model_loads_and_traces(tmp_path):
+    ours, _ = pair("MegatronBertForMaskedLM")
+    ours.save_pretrained(tmp_path)
+    loaded = mb.MegatronBertForMaskedLM.from_pretrained(tmp_path, torchscript=True)
+    ids = inputs("MegatronBertForMaskedLM", labels=False)["input_ids"]
+    with torch.no_grad():
+        traced = torch.jit.trace(loaded, (ids,))
+        torch.testing.assert_close(traced(ids)[0], ours(ids).logits)
 
 
 # ---- embeddings -----------------------------------------------------------------------------------------
