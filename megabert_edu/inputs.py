@@ -112,9 +112,13 @@ def cached_length(past_key_values, layers: nn.ModuleList, B: int) -> int:
     return lengths.pop()
 
 
-def check_encoder_states(cfg: MegatronBertConfig, encoder_hidden_states, B: int, dtype: torch.dtype) -> None:
+def check_encoder_states(cfg: MegatronBertConfig, encoder_hidden_states, encoder_attention_mask, B: int,
+                         dtype: torch.dtype) -> None:
     """encoder_hidden_states: (B, S, H) in the model's dtype, for a model built with cross-attention."""
     if encoder_hidden_states is None:
+        if encoder_attention_mask is not None:
+            raise ValueError("encoder_attention_mask given without encoder_hidden_states: it masks the encoder's "
+                             "tokens, so pass the encoder_hidden_states it belongs to")
         return
     if not cfg.add_cross_attention:
         raise ValueError("encoder_hidden_states given but the model has no cross-attention "

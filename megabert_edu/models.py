@@ -260,7 +260,7 @@ class MegatronBertModel(MegatronBertPreTrainedModel):
         past = cached_length(past_key_values, self.encoder.layer, B)  # tokens already cached
         device = (input_ids if input_ids is not None else inputs_embeds).device
         check_positions_and_types(cfg, position_ids, token_type_ids, B, T, past)
-        check_encoder_states(cfg, encoder_hidden_states, B, self.dtype)
+        check_encoder_states(cfg, encoder_hidden_states, encoder_attention_mask, B, self.dtype)
 
         mask = additive_attention_mask(attention_mask, B, T, past + T, cfg.is_decoder, self.dtype, device)
         encoder_mask = None

@@ -118,6 +118,8 @@ BAD_INPUTS = [
      r"encoder_hidden_states must be a tensor"),
     ("encoder_hidden_states without cross-attention", "base", dict(encoder_hidden_states=torch.zeros(2, 5, H)),
      ValueError, r"encoder_hidden_states given but the model has no cross-attention"),
+    ("encoder_attention_mask without encoder states", "cross", dict(encoder_attention_mask=torch.ones(2, 5)),
+     ValueError, r"encoder_attention_mask given without encoder_hidden_states"),
     ("multiple choice with 2-D input_ids", "choice", dict(), ValueError,
      r"MegatronBertForMultipleChoice: input_ids must have shape \(batch, num_choices, seq_len\); got \(2, 8\)"),
 ]
@@ -276,6 +278,13 @@ def test_bad_resize_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         model.resize_token_embeddings(**kwargs)
     assert model.get_input_embeddings().num_embeddings == V
+
+
+def test_resize_needs_embedding_input_embeddings():
+    model = mb.MegatronBertForMaskedLM(config())
+    model.set_input_embeddings(torch.nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="resize_token_embeddings needs nn.Embedding input embeddings; got Linear"):
+        model.resize_token_embeddings(120)
 
 
 def test_gradient_checkpointing_kwargs_must_be_a_dict():
