@@ -520,7 +520,7 @@ def _check_required(d: dict[str, Any]) -> None:
 
 def _warn_unknown(d: dict[str, Any]) -> None:
     known = set(CONFIG_FIELDS) | set(HF_COMMON_DEFAULTS) | set(FILE_ONLY_KEYS)
-    unknown = sorted(k for k in d if k not in known)
+    unknown = sorted(k for k, v in d.items() if k not in known and v is not None)  # a null says nothing
     if unknown:
         warnings.warn(f"config keys not used by MegatronBertConfig (kept as attributes): {', '.join(unknown)}",
                       UserWarning, stacklevel=3)
