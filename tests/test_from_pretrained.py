@@ -59,9 +59,17 @@ def test_config_overrides_apply_before_the_model_is_built(tmp_path):
 def test_overrides_and_config_apply_to_tf_checkpoints():
     model = mb.MegatronBertForSequenceClassification.from_pretrained(GOOGLE, num_labels=4, hidden_dropout_prob=0.0)
     assert model.classifier.out_features == 4 and model.config.hidden_dropout_prob == 0.0
+    assert not model.training
     config = model.config.copy(num_labels=2)
     assert mb.MegatronBertModel.from_pretrained(GOOGLE, config=config).config.num_labels == 2
     assert config.num_labels == 2  # the caller's config is not changed
+
+
+def test_config_may_be_a_path(tmp_path):
+    path = saved(tmp_path, "MegatronBertModel")
+    tiny_config(num_labels=4).save_pretrained(tmp_path / "config_only")
+    assert mb.MegatronBertModel.from_pretrained(path, config=tmp_path / "config_only").config.num_labels == 4
+    assert mb.MegatronBertModel.from_pretrained(path, config=str(path / "config.json")).config.num_labels == 2
 
 
 def test_the_callers_config_is_copied_and_overridden(tmp_path):

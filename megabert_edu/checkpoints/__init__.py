@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import MegatronBertConfig
 from .hf import load_hf_directory, read_hf_config
 from .loading import build_model, finish_loading, resolve_config
 from .megatron_lm import is_megatron_lm_checkpoint, load_megatron_lm_model
@@ -30,7 +31,8 @@ def load_pretrained(cls: type, path: str | os.PathLike | None = None, *, config=
 
     - ``path``: an HF directory, a TF checkpoint prefix, or a Megatron-LM .zip/.pt (``subfolder`` is
       joined to it); None with ``config=`` and ``state_dict=``.
-    - ``config``: replaces the checkpoint's own config; ``**config_overrides`` (any config field, e.g.
+    - ``config`` (a MegatronBertConfig, or the path of a config.json or of its directory): replaces the
+      checkpoint's own config; ``**config_overrides`` (any config field, e.g.
       ``num_labels=5``, ``hidden_dropout_prob=0.0``, ``is_decoder=True``) change it before the model is
       built, for every format. A keyword that is no config field raises TypeError naming it.
     - ``state_dict``: use these tensors instead of the checkpoint's weights.
@@ -40,6 +42,8 @@ def load_pretrained(cls: type, path: str | os.PathLike | None = None, *, config=
     - ``device`` (alias ``map_location``): where the model goes after loading.
     - ``output_loading_info``: also return transformers' dict of missing / unexpected / mismatched keys.
     """
+    if isinstance(config, (str, os.PathLike)):  # a config.json, or a directory holding one (as transformers)
+        config = MegatronBertConfig.from_pretrained(config)
     torch_dtype = _alias(config_overrides, "dtype", "torch_dtype", torch_dtype)
     device = _alias(config_overrides, "map_location", "device", device)
     for key, expected in NO_OP_KEYWORDS.items():
