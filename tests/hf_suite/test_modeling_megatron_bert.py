@@ -20,8 +20,11 @@ Not ported, and why:
   helpers (load_state_dict, _keys_to_ignore_on_save, _tied_weights_keys) or a PreTrainedModel subclass.
 - test_model_weights_reload_no_missing_tied_weights: loads a checkpoint with none of the model's tensors and
   expects a warning; our loading is strict by default (a deliberate difference: it raises, tests/test_errors.py).
-- test_resize_position_vector_embeddings and test_headmasking: switched off for MegatronBert in the original
-  (test_resize_position_embeddings=False, test_head_masking=False); kept off.
+- test_resize_position_vector_embeddings: switched off for MegatronBert in the original
+  (test_resize_position_embeddings=False; neither library resizes position embeddings).
+
+Switched on although the original switches it off: test_headmasking (test_head_masking=False upstream).
+head_mask is central to this library (pruning research); both libraries pass it.
 
 Ported but @slow, as in the original: the three test_torchscript_* tests (about a minute for both
 libraries on two cores). RUN_SLOW=1 runs them; they pass against both.
@@ -200,7 +203,7 @@ class MegatronBertModelTest(ModelTesterMixin):
 
     impl = None
     fx_compatible = True
-    test_head_masking = False
+    test_head_masking = True  # False upstream; head_mask is central here, and both libraries pass it
 
     # special case for ForPreTraining model
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
