@@ -110,6 +110,8 @@ def test_ignore_mismatched_sizes_reinitialises_and_reports_like_transformers(tmp
     with pytest.raises(CheckpointError, match=r"shape mismatch for classifier.weight: checkpoint \(2, 32\) vs model "
                                               r"\(5, 32\)"):
         mb.MegatronBertForSequenceClassification.from_pretrained(path, num_labels=5)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes=True"):  # what transformers raises
+        mb.MegatronBertForSequenceClassification.from_pretrained(path, num_labels=5)
     model, info = mb.MegatronBertForSequenceClassification.from_pretrained(
         path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
     _, ref_info = transformers.MegatronBertForSequenceClassification.from_pretrained(

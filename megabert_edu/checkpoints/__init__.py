@@ -14,10 +14,10 @@ from ..config import MegatronBertConfig
 from .hf import load_hf_directory, read_hf_config
 from .loading import build_model, finish_loading, resolve_config
 from .megatron_lm import is_megatron_lm_checkpoint, load_megatron_lm_model
-from .report import CheckpointError, LoadReport
+from .report import CheckpointError, CheckpointMismatchError, LoadReport
 from .tf import is_tf_checkpoint, load_tf_checkpoint_model
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "load_pretrained"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "load_checkpoint", "load_pretrained"]
 
 # transformers keywords that mean nothing for a local, already-safe load: accepted and honoured trivially.
 NO_OP_KEYWORDS = {"local_files_only": None, "low_cpu_mem_usage": None, "weights_only": True}

@@ -10,6 +10,11 @@ class CheckpointError(ValueError):
     """A checkpoint could not be loaded: missing tensors, wrong shapes, a corrupt or absent file."""
 
 
+class CheckpointMismatchError(CheckpointError, RuntimeError):
+    """The checkpoint's tensors do not fit the model (missing, mis-shaped, or encoder tensors the config leaves
+    out). Also a RuntimeError, as transformers' "Error(s) in loading state_dict", so HF-style code catches it."""
+
+
 @dataclass
 class LoadReport:
     """Names a loader loaded, could not find, did not expect, or skipped on purpose (optimizer state).
@@ -43,7 +48,7 @@ class LoadReport:
         return not (self.missing or self.mismatched or self.unexpected_body)
 
     def raise_if_failed(self, source: str = "checkpoint") -> None:
-        """Raise CheckpointError naming every missing, mis-shaped or unexpected encoder tensor."""
+        """Raise CheckpointMismatchError naming every missing, mis-shaped or unexpected encoder tensor."""
         if self.ok:
             return
         lines = [f"could not load {source}:"]
@@ -51,6 +56,8 @@ class LoadReport:
             lines.append(f"  missing ({len(self.missing)}): " + ", ".join(self.missing))
         for name, got, want in self.mismatched:
             lines.append(f"  shape mismatch for {name}: checkpoint {tuple(got)} vs model {tuple(want)}")
+        if self.mismatched:
+            lines.append("  (from_pretrained(..., ignore_mismatched_sizes=True) re-initialises mis-shaped tensors)")
         if self.unexpected_body:
             lines.append(f"  the checkpoint has encoder tensors the config leaves out ({len(self.unexpected_body)}): "
                          + ", ".join(self.unexpected_body)
@@ -58,7 +65,7 @@ class LoadReport:
         others = [n for n in self.unexpected if n not in self.unexpected_body]
         if others:
             lines.append(f"  unexpected ({len(others)}): " + ", ".join(others))
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointMismatchError("\n".join(lines))
 
     def loading_info(self) -> dict[str, list]:
         """transformers' ``output_loading_info=True`` dict (names only; missing_keys include new head weights)."""
