@@ -99,7 +99,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line(error: BaseException, args: argparse.Namespace) -> str:
-    """An exception as one line that names the file: the message, its lines joined, the path put first."""
+    """An exception as one line that names the file: the message, its lines joined, the input file put first
+    when the message does not name it (``args.source`` is the name of the argument holding that file)."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         message = f"{error.filename}: {error.strerror}"
     else:

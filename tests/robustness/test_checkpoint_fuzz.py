@@ -3,7 +3,8 @@
 Each damaged file must either raise CheckpointError or load weights bit-identical to the undamaged
 file's: never another exception, never different weights. Checksums cover every byte that matters
 (TF: each tensor and index block, the footer checked field by field; Megatron-LM: zip CRC-32s, which
-torch.load itself ignores), so a damaged byte either fails a check or did not matter.
+torch.load itself ignores), so a damaged byte either fails a check or did not matter. (A bare .pt in
+torch's legacy, pre-1.6 format has no checksum at all; inside a release .zip the zip's CRC covers it.)
 """
 
 from __future__ import annotations
@@ -108,11 +109,14 @@ def megatron_bytes() -> bytes:
 def megatron_files(tmp_path_factory) -> tuple[Path, dict[str, bytes], dict[str, dict[str, torch.Tensor]]]:
     folder = tmp_path_factory.mktemp("megatron")
     pt = megatron_bytes()
+    legacy = io.BytesIO()  # torch < 1.6's format, as in NVIDIA's 2019 release: no checksums of its own
+    torch.save(torch.load(io.BytesIO(pt), weights_only=False), legacy, _use_new_zipfile_serialization=False)
     files = {"model_optim_rng.pt": pt}
-    for name, compression in (("stored.zip", zipfile.ZIP_STORED), ("deflated.zip", zipfile.ZIP_DEFLATED)):
+    for name, inner, compression in (("stored.zip", pt, zipfile.ZIP_STORED), ("deflated.zip", pt, zipfile.ZIP_DEFLATED),
+                                     ("legacy.zip", legacy.getvalue(), zipfile.ZIP_STORED)):  # fmt: skip
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=compression) as z:
-            z.writestr("release/mp_rank_00/model_optim_rng.pt", pt)
+            z.writestr("release/mp_rank_00/model_optim_rng.pt", inner)
         files[name] = buffer.getvalue()
     want = {}
     for name, data in files.items():
@@ -121,7 +125,7 @@ def megatron_files(tmp_path_factory) -> tuple[Path, dict[str, bytes], dict[str, 
     return folder, files, want
 
 
-@pytest.mark.parametrize("name", ["model_optim_rng.pt", "stored.zip", "deflated.zip"])
+@pytest.mark.parametrize("name", ["model_optim_rng.pt", "stored.zip", "deflated.zip", "legacy.zip"])
 @FUZZ
 @given(how=damage)
 def test_damaged_megatron_lm_file_raises_or_loads_identical_weights(megatron_files, name, how):
