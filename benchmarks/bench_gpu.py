@@ -43,7 +43,7 @@ import transformers  # noqa: E402
 
 import megabert_edu  # noqa: E402
 from megabert_edu.precision import Precision, choose_precision  # noqa: E402
-from megabert_edu.training import TrainConfig, Trainer, linear_schedule, make_optimizer, train_step  # noqa: E402
+from megabert_edu.training import TrainConfig, TrainState, linear_schedule, make_optimizer, train_step  # noqa: E402
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets; fp16 for GPUs without bf16).
 # Checked in order, so the more specific names come first.
@@ -96,8 +96,9 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 def pair(model_name: str, config: dict, device: torch.device, seed: int = 0, **extra):
     """(ours, reference) holding the same random weights, on `device`."""
     torch.manual_seed(seed)
-    ours = getattr(megabert_edu, model_name)(megabert_edu.MegatronBertConfig(**config, **extra))
-    ref = getattr(transformers, model_name)(transformers.MegatronBertConfig(**config, **extra))
+    with device:  # initialise on the device: 345M random weights take seconds on a CPU
+        ours = getattr(megabert_edu, model_name)(megabert_edu.MegatronBertConfig(**config, **extra))
+        ref = getattr(transformers, model_name)(transformers.MegatronBertConfig(**config, **extra))
     missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
     assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
     return ours.to(device), ref.to(device)
@@ -156,7 +157,7 @@ def bench_training(s: Sizes, precision: Precision, args) -> dict:
     for name, model in (("ours", ours), ("reference", ref)):
         model.train()
         optimizer = make_optimizer(model, lr=1e-5, weight_decay=0.01)
-        trainer = Trainer(net=model, model=model, optimizer=optimizer,
+        trainer = TrainState(net=model, model=model, optimizer=optimizer,
                           scheduler=linear_schedule(optimizer, 0, 10**9), scaler=precision.grad_scaler(),
                           precision=precision, config=TrainConfig())
         steppers[name] = lambda t=trainer: train_step(t, [batch], step=1)
@@ -303,10 +304,10 @@ def main() -> None:
         results[f"{part}_seconds"] = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if args.json:  # after every part: a run stopped by a time limit keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1, default=str)
     report(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

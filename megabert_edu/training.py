@@ -225,7 +225,7 @@ class TrainResult:
 
 
 @dataclass
-class Trainer:
+class TrainState:
     """What one optimizer step needs besides the data; built once by `train`."""
 
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
@@ -239,12 +239,14 @@ class Trainer:
 
 @dataclass
 class StepResult:
+    """What train_step reports about one optimizer step."""
+
     loss: float  # mean over the micro-batches
     grad_norm: float  # before clipping
     skipped: bool
 
 
-def train_step(t: Trainer, micro_batches: list[dict], step: int) -> StepResult:
+def train_step(t: TrainState, micro_batches: list[dict], step: int) -> StepResult:
     """One optimizer step: forward and backward on each micro-batch, check, clip, update.
 
     The gradients of the micro-batches add up, so dividing each loss by their number gives the
@@ -281,12 +283,14 @@ def train_step(t: Trainer, micro_batches: list[dict], step: int) -> StepResult:
     return StepResult(loss.item(), grad_norm.item(), skipped=False)
 
 
-def forward_loss(t: Trainer, batch: dict, step: int) -> torch.Tensor:
+def forward_loss(t: TrainState, batch: dict, step: int) -> torch.Tensor:
     """The model's loss on one micro-batch, under the chosen autocast."""
     try:
         with t.precision.autocast():
             loss = t.net(**batch).loss
-    except IndexError as error:  # cross_entropy's "Target 7 is out of bounds"
+    except IndexError as error:
+        if "Target" not in str(error):  # cross_entropy's "Target 7 is out of bounds."; anything else is not ours
+            raise
         raise ValueError(f"step {step}: a label in train_data is out of range for the model ({error}); labels "
                          f"must be class / token ids in [0, number of classes) or -100") from error
     if loss is None:
@@ -295,7 +299,7 @@ def forward_loss(t: Trainer, batch: dict, step: int) -> torch.Tensor:
     return loss
 
 
-def all_finite(t: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+def all_finite(t: TrainState, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
     """Loss and gradient norm finite? With fp16 an infinite gradient is the scaler's business (it skips
     the step and lowers its scale), not an error. Under DDP every process takes the same decision."""
     finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) | t.scaler.is_enabled())
@@ -353,7 +357,7 @@ def train(model: nn.Module, train_data, eval_data=None, config: TrainConfig | No
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup * total_steps) if cfg.warmup < 1 else int(cfg.warmup)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    t = Trainer(net=DistributedDataParallel(model) if world > 1 else model, model=model, optimizer=optimizer,
+    t = TrainState(net=DistributedDataParallel(model) if world > 1 else model, model=model, optimizer=optimizer,
                 scheduler=linear_schedule(optimizer, warmup_steps, total_steps), scaler=precision.grad_scaler(),
                 precision=precision, config=cfg)
     result = TrainResult(model=model, steps=0, seconds=0.0, precision=precision.reason)
