@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference import tiny_config
 from safetensors.torch import load_file
 
@@ -296,3 +298,33 @@ def test_config_and_overrides_reach_megatron_lm_files(tmp_path):
     torch.testing.assert_close(loaded(IDS).prediction_logits, model(IDS).prediction_logits, atol=1e-5, rtol=0)
     classifier = mb.MegatronBertForSequenceClassification.from_pretrained(path, config=config, num_labels=3)
     assert classifier.classifier.out_features == 3
+
+
+@pytest.fixture(scope="module")
+def saved_bytes(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pristine")
+    torch.manual_seed(0)
+    model = mb.MegatronBertForMaskedLM(tiny_config()).eval()
+    model.save_pretrained(directory)
+    return model, (directory / "config.json").read_text(), (directory / "model.safetensors").read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_weights_raise_our_error_or_load_bit_identical(tmp_path, saved_bytes, data):
+    """A flipped byte or a cut anywhere in model.safetensors: the checksum or the reader notices, or the
+    damage missed every tensor (the header's padding, the metadata's name) and the weights are the same."""
+    model, config_text, blob = saved_bytes
+    damaged = bytearray(blob)
+    if data.draw(st.booleans(), label="truncate"):
+        damaged = damaged[: data.draw(st.integers(0, len(blob) - 1), label="length")]
+    else:
+        damaged[data.draw(st.integers(0, len(blob) - 1), label="offset")] ^= data.draw(st.integers(1, 255))
+    (tmp_path / "config.json").write_text(config_text)
+    (tmp_path / "model.safetensors").write_bytes(bytes(damaged))
+    try:
+        loaded = mb.MegatronBertForMaskedLM.from_pretrained(tmp_path)
+    except CheckpointError:
+        return
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key

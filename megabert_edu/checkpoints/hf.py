@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ from .loading import build_model, load_state_dict, resolve_config
 from .report import CheckpointError
 
 __all__ = ["WEIGHT_FILES", "load_hf_directory", "load_state_dict", "read_hf_config", "read_state_dict",
-           "save_pretrained"]
+           "save_pretrained", "tensors_checksum"]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CHECKSUM_KEY = "megabert_edu.crc32"  # safetensors metadata entry (transformers ignores it)
 OWN_FILES = ("config.json", *WEIGHT_FILES)
 
 
@@ -40,7 +42,11 @@ OWN_FILES = ("config.json", *WEIGHT_FILES)
 
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of an HF directory, from safetensors if present, else pytorch_model.bin."""
+    """The tensors of an HF directory, from safetensors if present, else pytorch_model.bin.
+
+    A model.safetensors written here carries a CRC32 of its tensors (safetensors itself has none), so a
+    flipped bit is an error instead of a silently different weight; files from elsewhere load unchecked.
+    """
     directory = Path(directory)
     for name in WEIGHT_FILES:
         path = directory / name
@@ -48,11 +54,28 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
             continue
         try:
             if name.endswith(".safetensors"):
-                return safetensors.torch.load_file(str(path))
-            return torch.load(path, map_location="cpu", weights_only=True)
+                with safetensors.safe_open(str(path), framework="pt") as f:
+                    expected = (f.metadata() or {}).get(CHECKSUM_KEY)
+                tensors = safetensors.torch.load_file(str(path))
+            else:
+                return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # safetensors / pickle errors do not say "your file is cut short"
             raise CheckpointError(f"could not read {path}: the file is truncated or corrupt ({e})") from e
+        if expected is not None and expected != tensors_checksum(tensors):
+            raise CheckpointError(f"{path} is damaged: its tensors do not match the checksum written with them "
+                                  f"({CHECKSUM_KEY}={expected})")
+        return tensors
     raise CheckpointError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """CRC32 over every tensor's name, dtype, shape and bytes, in name order (8 hex digits)."""
+    crc = 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().contiguous().cpu()
+        crc = zlib.crc32(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)  # raw bytes, any dtype
+    return f"{crc:08x}"
 
 
 def read_hf_config(directory: str | os.PathLike) -> MegatronBertConfig:
@@ -112,7 +135,8 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, *, saf
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' writer, its I/O errors (a full disk) raised as OSError with the errno and the file."""
     try:
-        safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+        metadata = {"format": "pt", CHECKSUM_KEY: tensors_checksum(tensors)}
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
     except safetensors.SafetensorError as e:
         code = re.search(r"os error (\d+)", str(e))
         raise OSError(int(code[1]) if code else errno.EIO, f"could not write {path.name}: {e}") from e
