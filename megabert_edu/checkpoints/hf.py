@@ -197,9 +197,10 @@ def replace_directory(target: Path, write: Callable[[Path], None], own_files: tu
 
     New files get the usual permissions (0666 minus the umask); the directory keeps its mode.
     """
-    target = Path(target)
+    target = Path(target).resolve()  # a symlink's directory is replaced, not the link; "." has a real parent
     target.parent.mkdir(parents=True, exist_ok=True)
     existed = target.is_dir()
+    cwd = Path.cwd()
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     try:
         write(staging)
@@ -211,6 +212,8 @@ def replace_directory(target: Path, write: Callable[[Path], None], own_files: tu
         _fsync(staging)
         if existed:
             _exchange(staging, target)  # staging now holds the old content
+            if cwd == target or target in cwd.parents:
+                os.chdir(cwd)  # the process sat in the old directory: step into the new one
         else:
             os.rename(staging, target)
         _fsync(target.parent)

@@ -129,6 +129,20 @@ def test_saving_over_a_checkpoint_keeps_the_users_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "runs", "vocab.txt"]
 
 
+def test_saving_into_the_working_directory_or_through_a_symlink(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    old, new = model(0, OLD_LABELS), model(1, NEW_LABELS)
+    old.save_pretrained(tmp_path / "link")
+    new.save_pretrained(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert_is(tmp_path / "real", new)
+    monkeypatch.chdir(tmp_path / "real")
+    old.save_pretrained(".")
+    assert_is(Path("."), old)  # the process now stands in the new directory
+    assert leftovers(tmp_path) == []
+
+
 def test_numpy_token_ids_are_saved_as_numbers(tmp_path):
     m = model(0, OLD_LABELS)
     m.config.eos_token_id = np.int64(2)
