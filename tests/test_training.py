@@ -249,6 +249,15 @@ def test_train_reports_the_precision_it_chose():
     assert result.precision == "bf16 requested"
 
 
+def test_fp16_trains_through_the_grad_scaler():
+    # fp16 is what choose_precision picks on GPUs without bf16; the CPU runs the same scaler code.
+    model = classifier()
+    result = run(model, toy_classification(), max_steps=4, precision="fp16", log_every=1)
+    assert result.precision == "fp16 requested" and result.steps == 4
+    assert all(p.isfinite().all() for p in model.parameters())
+    assert not same_weights(model, classifier())
+
+
 class LossTimes(torch.nn.Module):
     """A classifier whose loss is multiplied by `factor` on the forward calls listed in `at`.
 
