@@ -7,6 +7,8 @@ re-running the whole O(T^2) prefix.
 
     ids = generate(model, prompt_ids, max_new_tokens=20)                       # greedy
     ids = generate(model, prompt_ids, do_sample=True, top_p=0.9, generator=g)  # nucleus sampling
+    ids = generate(model, prompt_ids, cache="static")          # preallocated cache, written in place
+    ids = generate(model, prompt_ids, compile=True)            # fixed-shape step, torch.compile / CUDA graph
 
 From a bidirectional masked LM (``MegatronBertForMaskedLM`` / ``ForPreTraining``): ``fill_mask``
 shows the model's guesses for each [MASK]; ``sample_mlm`` writes whole spans by repeatedly
