@@ -2,6 +2,19 @@
 # %% [markdown]
 # # 02 · Checkpoints: TensorFlow without TensorFlow, HuggingFace, Megatron-LM
 #
+# ## Learning objectives
+#
+# - Open a TensorFlow checkpoint with numpy alone: its index, its variables, its bytes.
+# - Map TF variable names to PyTorch module names (and back), and say why Google's BERT names do not fit
+#   a pre-LN model.
+# - Check a trained model bit for bit across formats: TF checkpoint, safetensors, HuggingFace directory.
+# - Convert a Megatron-LM release (fused QKV, padded vocabulary) into the same model.
+#
+# **Prerequisites:** notebook 01 (the modules and their state-dict names).
+#
+# **Time:** {{RUNTIME}}; about 45 minutes in class with the exercises.
+
+# %% [markdown]
 # Pretrained BERTs reach you in three formats:
 #
 # * **TensorFlow tensor bundle** (`model.ckpt.index` + `model.ckpt.data-*`), from Google's BERT release
@@ -13,9 +26,8 @@
 #
 # `megabert_edu` reads all three into the *same* model. In this notebook we open each one up, look at the
 # names inside, and check that every route gives the same numbers. The TensorFlow checkpoints we read
-# were written by real TensorFlow (`scripts/make_tf_fixtures.py`); reading them needs only numpy.
-#
-# Runs in about 15 seconds on a CPU. Nothing here is faster on a GPU.
+# were written by real TensorFlow (`scripts/make_tf_fixtures.py`); reading them needs only numpy. Nothing
+# here is faster on a GPU.
 
 # %% [markdown]
 # ## Parameters
@@ -73,8 +85,12 @@ WORK = Path(tempfile.mkdtemp(prefix="megabert_nb02_"))  # everything we write go
 # ## 1. A TensorFlow checkpoint on disk
 #
 # The fixtures are a tiny BERT (2 layers, H = 32, 4 heads, vocabulary 50) saved twice by TensorFlow:
-# once with Google's variable names (post-LN BERT), once with Megatron's (pre-LN). Like Google's real
-# release they also carry the Adam optimizer's moment estimates (`adam_m`, `adam_v`) and `global_step`.
+# once with Google's variable names (post-LN BERT), once with pre-LN names. NVIDIA released Megatron-BERT
+# as PyTorch checkpoints, not TensorFlow ones; the pre-LN names (`attention/ln`, `layer_N/ln`,
+# `encoder/ln`) are the ones the *reference implementation's* TF loader,
+# `load_tf_weights_in_megatron_bert`, maps onto a Megatron model, so that is the layout a TF pre-LN
+# checkpoint must have for it. Like Google's real release the fixtures also carry the Adam optimizer's
+# moment estimates (`adam_m`, `adam_v`) and `global_step`.
 
 # %%
 for folder in ("google", "megatron"):
@@ -160,7 +176,7 @@ for name in ("bert/encoder/layer_1/attention/self/query/kernel",
         print(f"{name} {arrays[name].shape}\n    -> {torch_name}{' (transposed)' if transpose else ''}")
 
 # %% [markdown]
-# ## 3. Google names vs Megatron names
+# ## 3. Google names vs the reference loader's pre-LN names
 #
 # The two fixtures hold the same kinds of weights; only the LayerNorms are named (and placed) differently.
 # This is why the reference `load_tf_weights_in_megatron_bert` crashes on a Google checkpoint
@@ -174,7 +190,8 @@ def weight_names(prefix):
 
 g_names, m_names = weight_names(google), weight_names(FIXTURES / "megatron" / "model.ckpt")
 print("only Google (post-LN):  ", *sorted(n for n in g_names - m_names if "layer_1" not in n), sep="\n  ")
-print("only Megatron (pre-LN): ", *sorted(n for n in m_names - g_names if "layer_1" not in n), sep="\n  ")
+print("only pre-LN (reference loader's names):", *sorted(n for n in m_names - g_names if "layer_1" not in n),
+      sep="\n  ")
 print(f"shared: {len(g_names & m_names)}")
 
 # %% [markdown]
@@ -243,6 +260,34 @@ print(f"data file: {(WORK / 'minilm_tf' / 'model.ckpt.data-00000-of-00001').stat
 print("layer_norm_position:", from_tf.config.layer_norm_position)
 print("same outputs after the TF round trip:",
       torch.equal(minilm(**batch).last_hidden_state, from_tf(**batch).last_hidden_state))
+
+# %% [markdown]
+# ### The trained megabert-tiny, written by TensorFlow
+#
+# The same check on a trained pre-LN model: the megabert-tiny that ships with the package (notebook 07) was
+# written once by real TensorFlow (`scripts/make_tf_fixtures.py --shipped`, float16 as shipped, pre-LN
+# names). We read it back without TensorFlow and compare it with the original safetensors file.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from megabert_edu.assets import TINY
+from megabert_edu.checkpoints.hf import read_state_dict
+
+TINY_TF = REPO / "tests" / "fixtures" / "megabert-tiny-tf" / "model.ckpt"
+tiny_arrays = read_tf_checkpoint(TINY_TF)  # {TF name: numpy array}, every CRC32C checked
+original = state_dict_to_tf(read_state_dict(TINY))  # the safetensors file, under TF names
+print(f"{len(tiny_arrays)} TF variables, dtype {next(iter(tiny_arrays.values())).dtype}, e.g.")
+for v in list_tf_variables(TINY_TF)[:3]:
+    print(f"  {v.name:<44}{v.dtype:<9}{v.shape}")
+print("same names as the safetensors file:", set(tiny_arrays) == set(original))
+print("every tensor bit-identical:", all(np.array_equal(tiny_arrays[k], original[k]) for k in original))
+tiny_from_tf = MegatronBertForPreTraining.from_pretrained(TINY_TF).eval()
+tiny_original = MegatronBertForPreTraining.from_pretrained(TINY).eval()
+tiny_tok = WordPieceTokenizer.from_pretrained(TINY)
+tiny_batch = tiny_tok(["dog, domestic dog: a member of the genus canis"], return_tensors="pt")
+print("layer_norm_position read from the names:", tiny_from_tf.config.layer_norm_position)
+print("same MLM logits:", torch.equal(tiny_from_tf(**tiny_batch).prediction_logits,
+                                      tiny_original(**tiny_batch).prediction_logits))
 
 # %% [markdown]
 # ## 6. HuggingFace directories
@@ -418,10 +463,105 @@ else:
 # ## Summary
 #
 # * A TF checkpoint is an SSTable index + raw bytes; `read_tf_checkpoint` reads it with numpy alone.
-# * One name table (`TF_NAME_TABLE`) maps Google's and Megatron's TF names onto our modules, both ways.
+# * One name table (`TF_NAME_TABLE`) maps Google's TF names and the reference loader's pre-LN names onto our
+#   modules, both ways.
 # * `from_pretrained` accepts a TF prefix, an HF directory or a Megatron-LM zip; `save_pretrained` writes an
 #   HF directory that `transformers` loads. For a one-off conversion on the command line:
 #   `python -m megabert_edu convert SRC DST`.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell for your code and a check cell below it that tells you what to look at if the
+# answer is not right yet.
+#
+# ### Exercise 1: TF names to PyTorch names, by rule
+#
+# Write `tf_to_torch(name)` returning `(pytorch_name, transpose)` for the model variables of the trained
+# megabert-tiny checkpoint (`TINY_TF`), using rules rather than the table: "/" becomes ".", `layer_N`
+# becomes `layer.N`, `kernel` becomes `weight` (transposed), `gamma` `weight`, `beta` `bias`, a name ending
+# in `_embeddings` gets `.weight`, `output_bias` becomes `bias` and `output_weights` `weight` (not
+# transposed). The check compares with the library's `map_tf_name` on every variable.
+
+# %%
+# EXERCISE
+import re
+
+
+def tf_to_torch(name):
+    # BEGIN SOLUTION: return None
+    parts = name.split("/")
+    leaf, transpose = parts[-1], parts[-1] == "kernel"
+    renamed = {"kernel": "weight", "gamma": "weight", "beta": "bias", "output_bias": "bias",
+               "output_weights": "weight"}
+    if leaf in renamed:
+        parts[-1] = renamed[leaf]
+    elif leaf.endswith("_embeddings"):
+        parts.append("weight")
+    return re.sub(r"layer_(\d+)", r"layer.\1", ".".join(parts)), transpose
+    # END SOLUTION
+
+
+# %%
+# CHECK
+for v in list_tf_variables(TINY_TF):
+    got, want = tf_to_torch(v.name), map_tf_name(v.name)
+    assert got is not None, "tf_to_torch should return a (name, transpose) pair"
+    assert tuple(got) == tuple(want), (
+        f"{v.name}: you give {got}, the table gives {want}: check the rule for this kind of name "
+        "(is it a kernel, a LayerNorm gamma/beta, an embedding, an output_bias/output_weights?)")
+print(f"all {len(list_tf_variables(TINY_TF))} names mapped like the table: passed")
+
+# %% [markdown]
+# ### Exercise 2: fuse QKV the version-1.0 way
+#
+# Megatron-LM checkpoint version 1.0 stores the fused QKV rows grouped as (heads, head_dim, 3): for each
+# head, for each of its dimensions, the q, k and v rows side by side. Write `fuse_v1(q, k, v, heads)` that
+# builds that (3H, ...) matrix from three (H, ...) matrices; `split_fused_qkv(fused, 1.0, heads)` must give
+# back q, k and v.
+
+# %%
+# EXERCISE
+def fuse_v1(q, k, v, heads):
+    # BEGIN SOLUTION: return None
+    per_head = [t.reshape(heads, t.shape[0] // heads, *t.shape[1:]) for t in (q, k, v)]  # (nh, hs, ...) each
+    return torch.stack(per_head, dim=2).reshape(3 * q.shape[0], *q.shape[1:])  # (nh, hs, 3, ...) -> (3H, ...)
+    # END SOLUTION
+
+
+# %%
+# CHECK
+q_, k_, v_ = (torch.randn(8, 5) + i for i in range(3))  # H = 8 rows (2 heads of 4), 5 columns
+fused = fuse_v1(q_, k_, v_, 2)
+assert isinstance(fused, torch.Tensor) and fused.shape == (24, 5), "the fused matrix should be (3H, ...) = (24, 5)"
+assert fused[1].equal(k_[0]), (
+    "row 1 should be the key's row 0: in version 1.0 the q, k and v rows of one dimension sit together")
+back = split_fused_qkv(fused, 1.0, heads=2)
+assert all(a.equal(b) for a, b in zip(back, (q_, k_, v_), strict=True)), (
+    "split_fused_qkv(fused, 1.0, 2) does not give q, k, v back: group rows as (heads, head_dim, 3)")
+print("version-1.0 fusing round-trips through split_fused_qkv: passed")
+
+# %% [markdown]
+# ### Exercise 3: load Google's checkpoint the right way
+#
+# Section 4 showed Google's names failing to load into a pre-LN model. Build the model they *do* fit, from
+# `tf_config(google)` with the right `layer_norm_position`, load the weights with `load_tf_weights`, and set
+# `report` to the `LoadReport` it returns.
+
+# %%
+# EXERCISE
+# BEGIN SOLUTION: report = None
+post_ln = MegatronBertForPreTraining(tf_config(google).copy(layer_norm_position="post"))
+report = load_tf_weights(post_ln, google)
+# END SOLUTION
+
+# %%
+# CHECK
+assert report is not None, "set report to what load_tf_weights returns"
+assert not report.missing and not report.unexpected, (
+    f"missing {report.missing[:3]}, unexpected {report.unexpected[:3]}: Google's BERT puts the LayerNorm after "
+    "the residual add, which is layer_norm_position='post'")
+print(str(report).splitlines()[0], "| passed")
 
 # %%
 import shutil

