@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -200,6 +201,8 @@ def replace_directory(target: Path, write: Callable[[Path], None], own_files: tu
     target = Path(target).resolve()  # a symlink's directory is replaced, not the link; "." has a real parent
     target.parent.mkdir(parents=True, exist_ok=True)
     existed = target.is_dir()
+    if existed and os.path.ismount(target):
+        return _replace_files_in_mount_point(target, write, own_files)
     cwd = Path.cwd()
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     try:
@@ -217,6 +220,26 @@ def replace_directory(target: Path, write: Callable[[Path], None], own_files: tu
         else:
             os.rename(staging, target)
         _fsync(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_files_in_mount_point(target: Path, write: Callable[[Path], None], own_files: tuple[str, ...]) -> None:
+    """A mount point cannot be renamed: stage inside it and replace the files one by one (config.json last)."""
+    warnings.warn(f"{target} is a mount point, which cannot be swapped: its files are replaced one by one, "
+                  "so a crash in between could mix two saves (save into a directory inside it instead)",
+                  RuntimeWarning, stacklevel=5)  # the caller of model.save_pretrained
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
+    try:
+        write(staging)
+        new = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json")
+        for name in new:
+            os.chmod(staging / name, 0o666 & ~_umask())
+            os.replace(staging / name, target / name)
+        for name in own_files:
+            if name not in new and (target / name).exists():
+                os.remove(target / name)  # a stale weights file of the other format
+        _fsync(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -169,28 +169,47 @@ def test_save_into_a_file_path_is_refused(tmp_path):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A tmpfs with room for one checkpoint of `model()` but not for a second one beside it."""
+def tmpfs(tmp_path):
+    """mount(copies) -> a tmpfs mount point with room for that many checkpoints of `model()` (root only)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     model(0, OLD_LABELS).save_pretrained(tmp_path / "measure")
     one = sum(-(-p.stat().st_size // 4096) * 4096 for p in (tmp_path / "measure").iterdir())
-    mount = tmp_path / "small"
-    mount.mkdir()
-    size = f"{(one * 3 // 2) // 1024}k"
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"mount -t tmpfs is not permitted here: {result.stderr.strip()}")
+    mounted = []
+
+    def mount(copies: float) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(one * copies) // 1024}k", "tmpfs",
+                                 str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"mount -t tmpfs is not permitted here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
 
 
-def test_a_full_disk_leaves_the_previous_checkpoint(small_tmpfs):
+def test_a_full_disk_leaves_the_previous_checkpoint(tmpfs):
+    disk = tmpfs(1.5)  # room for one checkpoint, not for a second one beside it
     old = model(0, OLD_LABELS)
-    old.save_pretrained(small_tmpfs / "ckpt")
+    old.save_pretrained(disk / "ckpt")
     with pytest.raises(OSError) as info:
-        model(1, NEW_LABELS).save_pretrained(small_tmpfs / "ckpt")
+        model(1, NEW_LABELS).save_pretrained(disk / "ckpt")
     assert info.value.errno == errno.ENOSPC or "No space" in str(info.value), info.value
-    assert_is(small_tmpfs / "ckpt", old)
-    assert leftovers(small_tmpfs) == []
+    assert_is(disk / "ckpt", old)
+    assert leftovers(disk) == []
+
+
+def test_saving_into_a_mount_point_replaces_the_files_and_says_so(tmpfs):
+    mount_point = tmpfs(3)  # the mount point itself cannot be renamed
+    old, new = model(0, OLD_LABELS), model(1, NEW_LABELS)
+    with pytest.warns(RuntimeWarning, match="is a mount point"):
+        old.save_pretrained(mount_point)
+    (mount_point / "README.md").write_text("notes")
+    with pytest.warns(RuntimeWarning, match="is a mount point, which cannot be swapped"):
+        new.save_pretrained(mount_point)
+    assert_is(mount_point, new)
+    assert sorted(p.name for p in mount_point.iterdir()) == ["README.md", "config.json", "model.safetensors"]
