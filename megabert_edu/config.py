@@ -149,9 +149,9 @@ class MegatronBertConfig:
         self.eos_token_id = eos_token_id
         self.layer_norm_position = layer_norm_position
         self._set_labels(num_labels, id2label, label2id)
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)  # HF accepts both names
-        if dtype is not None:
-            self.dtype = dtype
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)  # HF accepts both names
+        if dtype is not None or torch_dtype is not None:
+            self.dtype = dtype if dtype is not None else torch_dtype
         for key in FILE_ONLY_KEYS:  # derived or written by the library: not attributes of the config
             kwargs.pop(key, None)
         for key, value in kwargs.items():  # extra keywords are kept and saved, as in transformers
@@ -237,10 +237,13 @@ class MegatronBertConfig:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MegatronBertConfig) and self.to_dict() == other.to_dict()
+        return isinstance(other, MegatronBertConfig) and self.__dict__ == other.__dict__  # as transformers
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__} {self.to_json_string()}"
+        try:
+            return f"{type(self).__name__} {self.to_json_string()}"
+        except ConfigError:  # a value JSON cannot hold: still show the config
+            return f"{type(self).__name__}({self.__dict__!r})"
 
     # ---- checks -------------------------------------------------------------------------------------
 

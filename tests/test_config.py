@@ -164,3 +164,12 @@ def test_a_value_json_cannot_hold_is_named():
     config.tokenizer_state = object()
     with pytest.raises(ConfigError, match="config field tokenizer_state holds a object"):
         config.to_json_string()
+
+
+def test_dtype_names_and_repr():
+    assert MegatronBertConfig(dtype="bfloat16", torch_dtype="float16").dtype == torch.bfloat16  # dtype wins, as HF
+    assert MegatronBertConfig(torch_dtype="float16").to_dict()["dtype"] == "float16"
+    config = MegatronBertConfig(**SMALL)
+    assert repr(config).startswith("MegatronBertConfig {") and '"hidden_size": 32' in repr(config)
+    config.handle = object()
+    assert "handle" in repr(config)  # a value JSON cannot hold does not break repr
