@@ -231,7 +231,8 @@ class MegatronBertPreTrainedModel(HookedMixin, nn.Module):
         """Write config.json + model.safetensors that transformers' from_pretrained loads, atomically.
 
         ``safe_serialization=False`` writes pytorch_model.bin; ``state_dict=``, ``is_main_process=`` and
-        ``max_shard_size=`` are honoured as in transformers. See ``megabert_edu.checkpoints.hf.save_pretrained``.
+        ``max_shard_size=`` are honoured as in transformers. Any failure leaves the previous checkpoint whole;
+        other files in the directory (a README, vocab.txt) are kept. See ``megabert_edu.checkpoints.hf``.
         """
         from .checkpoints.hf import save_pretrained  # checkpoints import models, so models imports them late
 
