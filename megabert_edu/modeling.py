@@ -146,8 +146,8 @@ class LayerNorm(nn.LayerNorm):
         self.hook_scale = HookPoint()  # (B, T, 1)  sqrt(var(x) + eps) per token
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.hook_scale.active:
-            return super().forward(x)  # the fused kernel
+        if not self.hook_scale.active:  # the fused kernel
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         x32 = x.float()
         centred = x32 - x32.mean(-1, keepdim=True)
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # (B, T, 1)
@@ -339,8 +339,8 @@ class MegatronBertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, **kwargs) -> AttentionResult:
         """x: the residual stream (B, T, H); kwargs as MegatronBertSelfAttention. out: what to add to x."""
-        result = self.self(x if self.ln is None else self.ln(x), **kwargs)  # Megatron reads a normalised copy
-        return result._replace(out=self.output(result.out))  # (B, T, H)
+        z, probs, kv = self.self(x if self.ln is None else self.ln(x), **kwargs)  # Megatron: a normalised copy
+        return AttentionResult(out=self.output(z), probs=probs, kv=kv)  # out: (B, T, H)
 
     def prune_heads(self, heads: set[int]) -> None:
         """Physically remove heads (numbered as in the original, unpruned layer)."""
@@ -477,16 +477,16 @@ class MegatronBertEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 hidden_states.append(x)
-            past = None if past_key_values is None else as_layer_cache(past_key_values[i], i)
-            run = partial(layer, mask=mask, head_mask=None if head_mask is None else head_mask[i],
-                          encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask, past=past,
+            kwargs = dict(mask=mask, head_mask=None if head_mask is None else head_mask[i],
+                          encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+                          past=None if past_key_values is None else as_layer_cache(past_key_values[i], i),
                           output_attentions=output_attentions)
             if self.gradient_checkpointing and self.training:
                 # Recompute this layer's activations in backward instead of storing them.
                 # (use_reentrant=True, transformers' default, hands back a plain tuple: re-wrap it)
-                result = LayerResult(*checkpoint(run, x, **self.gradient_checkpointing_kwargs))
+                result = LayerResult(*checkpoint(partial(layer, **kwargs), x, **self.gradient_checkpointing_kwargs))
             else:
-                result = run(x)
+                result = layer(x, **kwargs)
             x = result.hidden
             attentions.append(result.probs)
             cross_attentions.append(result.cross_probs)
