@@ -34,7 +34,9 @@ if [[ $MODE == gpu ]]; then
     PY=${PYTHON:-python3}
     VENV=$ROOT/.gpu_venv
     if [[ ! -x $VENV/bin/python ]]; then
-        "$PY" -m venv --system-site-packages "$VENV" || { say "could not create a venv"; exit 1; }
+        # --without-pip: no ensurepip needed; the machine's own pip (visible through the system
+        # site-packages) installs into the venv when run by the venv's python.
+        "$PY" -m venv --system-site-packages --without-pip "$VENV" || { say "could not create a venv"; exit 1; }
     fi
     PY=$VENV/bin/python
     PIP=("$PY" -m pip install -q --no-index --find-links "$ROOT/wheels")
