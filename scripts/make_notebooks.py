@@ -144,7 +144,10 @@ def slide_type(kind: str, text: str, in_setup: bool) -> str:
 
 
 def build(source: Path, runtime: str | None) -> nbformat.NotebookNode:
-    """The solution notebook (not executed) from a percent-format source, with slide metadata."""
+    """The solution notebook (not executed) from a percent-format source, with slide metadata.
+
+    runtime replaces the {{RUNTIME}} placeholder; None leaves it in place (see fill_runtime).
+    """
     cells = parse_percent(source.read_text(encoding="utf-8"))
     check_exercises(source.name, cells)
     nb = new_notebook()
@@ -156,7 +159,8 @@ def build(source: Path, runtime: str | None) -> nbformat.NotebookNode:
         if kind == "markdown" and re.match(r"^## 1\b", text):
             in_setup = False
         if kind == "markdown":
-            text = text.replace(PLACEHOLDER, runtime or "not measured yet (run scripts/make_notebooks.py)")
+            if runtime is not None:
+                text = text.replace(PLACEHOLDER, runtime)
             cell = new_markdown_cell(text)
         else:
             cell = new_code_cell(text)
@@ -170,6 +174,13 @@ def build(source: Path, runtime: str | None) -> nbformat.NotebookNode:
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{source.stem[:2]}-{i:03d}"
     return nb
+
+
+def fill_runtime(nb: nbformat.NotebookNode, runtime: str | None) -> None:
+    """Write the measured runtime into the markdown cells that hold the placeholder."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = cell.source.replace(PLACEHOLDER, runtime or "not measured yet (run make_notebooks.py)")
 
 
 def student_notebook(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -240,17 +251,13 @@ def main(argv: list[str] | None = None) -> None:
     SOLUTIONS.mkdir(exist_ok=True)
     runtimes = load_runtimes()
     for source in sources:
-        nb = build(source, runtime_text(runtimes.get(source.stem)))
+        nb = build(source, runtime=None)  # the source is read once: edits during the run wait for the next build
         if not args.no_execute:
             start = time.perf_counter()
             execute(nb, args.timeout)
             runtimes[source.stem] = {"seconds": round(time.perf_counter() - start, 1), "cpus": os.cpu_count(),
                                      "date": time.strftime("%Y-%m-%d")}
-            executed = nb
-            nb = build(source, runtime_text(runtimes[source.stem]))  # the header states this very run
-            for cell, done in zip(nb.cells, executed.cells, strict=True):
-                if cell.cell_type == "code":
-                    cell.outputs, cell.execution_count = done.outputs, done.execution_count
+        fill_runtime(nb, runtime_text(runtimes.get(source.stem)))  # the header states this very run
         nbformat.validate(nb)
         nbformat.write(nb, SOLUTIONS / f"{source.stem}.ipynb")
         nbformat.write(student_notebook(nb), NOTEBOOKS / f"{source.stem}.ipynb")

@@ -174,7 +174,8 @@ records = [r for r in load_wordnet("next_sentence", "validation") if r["label"] 
 batch = tokenizer([r["text_a"] for r in records], [r["text_b"] for r in records], padding=True, truncation=True,
                   max_length=64, return_tensors="pt").to(DEVICE)
 summary = attention_summary(model, batch["input_ids"], batch["attention_mask"], cls_id=tokenizer.cls_token_id,
-                            sep_id=tokenizer.sep_token_id, punct_ids=punctuation_ids(MINILM / "vocab.txt"))
+                            sep_id=tokenizer.sep_token_id, punct_ids=punctuation_ids(MINILM / "vocab.txt"),
+                            token_type_ids=batch["token_type_ids"])  # sentence A / B, as in pre-training
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -65,11 +65,14 @@ import matplotlib.pyplot as plt
 
 from megabert_edu import MegatronBertConfig, MegatronBertForMaskedLM, MegatronBertModel
 from megabert_edu.analysis import layernorm_stats, residual_norms
+from megabert_edu.precision import choose_precision
 from megabert_edu.tokenization import WordPieceTokenizer
 
 torch.set_num_threads(2)
 plt.rcParams["figure.dpi"] = 80
-autocast = torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda")
+precision = choose_precision(DEVICE)  # bf16 on a modern GPU, fp16 on an older one, fp32 on the CPU
+autocast = precision.autocast()
+print("precision:", precision.reason)
 
 
 def fresh(position: str) -> MegatronBertForMaskedLM:
