@@ -266,13 +266,14 @@ def direct_logit_attribution(model: nn.Module, input_ids: torch.Tensor, *, posit
         for i, layer in enumerate(base.encoder.layer):
             add_attention(parts, layer.attention, cache_at_position(cache, layer_hook(i, "attention.self.hook_z"), pos),
                           i, "head")
-            post_ln_step(parts, cache, pos, layer.attention.output.LayerNorm, i, "attention.output")
+            post_ln_step(parts, cache, pos, layer.attention.output.LayerNorm, i, "attention.output.LayerNorm")
             if layer.crossattention is not None and layer_hook(i, "crossattention.self.hook_z") in cache:
                 z = cache_at_position(cache, layer_hook(i, "crossattention.self.hook_z"), pos)
                 add_attention(parts, layer.crossattention, z, i, "cross_head")
-                post_ln_step(parts, cache, pos, layer.crossattention.output.LayerNorm, i, "crossattention.output")
+                post_ln_step(parts, cache, pos, layer.crossattention.output.LayerNorm, i,
+                             "crossattention.output.LayerNorm")
             parts.add(("mlp", i), at(cache[layer_hook(i, "hook_mlp_out")], pos))
-            post_ln_step(parts, cache, pos, layer.output.LayerNorm, i, "output")
+            post_ln_step(parts, cache, pos, layer.output.LayerNorm, i, "output.LayerNorm")
         if base.encoder.ln is not None:
             parts.layer_norm(base.encoder.ln, at(cache["encoder.ln.hook_scale"], pos), ("bias", "final LayerNorm"))
         final = at(cache[encoder_output(base)], pos)  # (B, H): the encoder's output (= parts.total())
@@ -295,11 +296,14 @@ def cache_at_position(cache: dict[str, torch.Tensor], name: str, pos: torch.Tens
     return z[torch.arange(z.shape[0]), :, pos.to(z.device)]
 
 
-def post_ln_step(parts: StreamParts, cache, pos, ln: nn.LayerNorm | None, layer: int, where: str) -> None:
-    """Post-LN: the residual sum is normalised after each sub-layer (with the scale read from the run)."""
+def post_ln_step(parts: StreamParts, cache, pos, ln: nn.LayerNorm | None, layer: int, module: str) -> None:
+    """Post-LN: the residual sum is normalised after each sub-layer (with the scale read from the run).
+
+    module: the LayerNorm's path in its layer, e.g. "output.LayerNorm"; its scale is its hook_scale.
+    """
     if ln is not None:
-        scale = at(cache[layer_hook(layer, f"{where}.LayerNorm.hook_scale")], pos)
-        parts.layer_norm(ln, scale, ("bias", f"layer {layer} {where}.LayerNorm"))
+        scale = at(cache[layer_hook(layer, module + ".hook_scale")], pos)
+        parts.layer_norm(ln, scale, ("bias", f"layer {layer} {module}"))
 
 
 def through_lm_head(parts: StreamParts, head: nn.Module, final: torch.Tensor) -> None:
