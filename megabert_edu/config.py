@@ -48,6 +48,7 @@ HF_COMMON_DEFAULTS: dict[str, Any] = {
     "cross_attention_hidden_size": None, "tie_encoder_decoder": False, "task_specific_params": None,
     "name_or_path": "", "_name_or_path": "", "transformers_version": None,
     "use_bfloat16": False, "tf_legacy_loss": False,
+    "gradient_checkpointing": False,  # old config.json files: the model turns it on once and drops it
     # generation defaults older config.json files carry
     "max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
     "temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0, "repetition_penalty": 1.0,
@@ -59,7 +60,7 @@ HF_COMMON_DEFAULTS: dict[str, Any] = {
 }
 # Keys a config file may carry that are not attributes: written by us or by transformers.
 FILE_ONLY_KEYS = ("model_type", "torch_dtype", "num_labels", "attn_implementation", "_attn_implementation",
-                  "gradient_checkpointing", "_commit_hash")
+                  "_commit_hash")
 
 
 class ConfigError(ValueError):

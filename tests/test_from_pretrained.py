@@ -14,7 +14,7 @@ import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import tiny_config
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import megabert_edu as mb
 from megabert_edu import CheckpointError, ConfigError, MegatronBertConfig
@@ -328,3 +328,24 @@ def test_damaged_weights_raise_our_error_or_load_bit_identical(tmp_path, saved_b
         return
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+def test_tensors_the_checkpoint_lacks_are_initialised_as_in_a_fresh_model(tmp_path):
+    """from_pretrained skips random init for what it loads; what it does not load must still be initialised."""
+    path = saved(tmp_path)  # MLM: no pooler, no classifier
+    torch.manual_seed(5)
+    model = mb.MegatronBertForSequenceClassification.from_pretrained(path, initializer_range=0.5)
+    for weight in (model.classifier.weight, model.bert.pooler.dense.weight):
+        assert 0.4 < float(weight.std()) < 0.6  # N(0, initializer_range), not leftover memory
+    assert torch.equal(model.classifier.bias, torch.zeros(2))
+    stored = load_file(path / "model.safetensors")
+    assert torch.equal(model.bert.encoder.layer[0].intermediate.dense.weight,
+                       stored["bert.encoder.layer.0.intermediate.dense.weight"])
+    del stored["bert.encoder.layer.1.attention.self.key.weight"], stored["bert.encoder.ln.weight"]
+    save_file(stored, path / "model.safetensors", metadata={"format": "pt"})
+    partial = mb.MegatronBertForMaskedLM.from_pretrained(path, strict=False, initializer_range=0.5)
+    key = partial.bert.encoder.layer[1].attention.self.key
+    assert 0.4 < float(key.weight.std()) < 0.6
+    assert torch.equal(key.bias, stored["bert.encoder.layer.1.attention.self.key.bias"])  # loaded after init
+    assert torch.equal(partial.bert.encoder.ln.weight, torch.ones(32))
+    assert torch.equal(partial.bert.encoder.ln.bias, stored["bert.encoder.ln.bias"])
