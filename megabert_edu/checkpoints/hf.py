@@ -28,11 +28,11 @@ import safetensors.torch
 import torch
 
 from ..config import MegatronBertConfig
-from .loading import build_model, load_state_dict, resolve_config
+from .loading import build_model, resolve_config
 from .report import CheckpointError
 
-__all__ = ["WEIGHT_FILES", "load_hf_directory", "load_state_dict", "read_hf_config", "read_state_dict",
-           "save_pretrained", "tensors_checksum"]
+__all__ = ["WEIGHT_FILES", "load_hf_directory", "read_hf_config", "read_state_dict", "save_pretrained",
+           "tensors_checksum"]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CHECKSUM_KEY = "megabert_edu.crc32"  # safetensors metadata entry (transformers ignores it)
