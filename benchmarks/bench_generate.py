@@ -5,20 +5,32 @@
 
 Both models hold identical random weights (the outputs are checked to be identical too), decode
 greedily with a KV cache from a prompt of --prompt tokens, and we report new tokens per second
-(batch x new tokens / wall time; best of --repeats) at batch 1 and batch 8.
+(batch x new tokens / wall time; best of --repeats, the runs alternating) for each of our cache
+modes (generate(cache="dynamic" | "static" | "fixed")) and for transformers' generate.
 
-Measured on a shared 2-core Xeon VM, 2 threads (prompt 16, 64 new tokens):
+Quiet machine, before the static cache (2 threads, prompt 16, 64 new tokens):
 
     12 layers x 768, vocab 29056:  batch 1  27.7 vs 24.6 tok/s (1.13x);  batch 8   88.2 vs   87.4 (1.01x)
      4 layers x 256, vocab  8000:  batch 1 449.7 vs 336.4 tok/s (1.34x);  batch 8 1970.3 vs 1646.2 (1.20x)
 
-Where a decode step's time goes (1 thread, torch.profiler): at 12 x 768 the matrix products take
-32 of our 38 ms per token and the same 32 of the reference's 39 ms. Decoding one token reads every
-weight once (about 430 MB), so both are bound by memory bandwidth and no eager implementation can
-be much faster than the other. At 4 x 256 the products take 0.83 ms of our 1.94 ms (reference:
-0.95 of 2.67 ms); the rest is per-operator overhead (~600 small aten calls per token, ~1 us each)
-and Python. What makes us faster: the fused attention kernel, no mask at all when nothing is padded,
-no logits processors / stopping criteria / cache objects, and idle hook points that cost nothing.
+Loaded machine (load average 6-10 on 2 cores, 1 thread), reference time / ours:
+
+    4 x 256,  64 new tokens:  batch 1  dynamic 1.32x  static 1.14x  fixed 0.99x;  batch 8  1.38x  1.71x  1.31x
+    4 x 256, 448 new tokens:  batch 1  dynamic 1.22x  static 1.69x  fixed 1.08x;  batch 8  1.13x  1.29x  0.99x
+
+The 64-token figures are within this machine's noise of each other; a min-of-300 timing of one decode
+step after 48 cached tokens gives static 1.035x (batch 1) and 1.040x (batch 8) the dynamic step at
+4 x 256. The static cache pays off as the cache grows: at 448 new tokens torch.cat copies the whole
+cache of every layer at every step (O(S) per token) and the static cache does not (1.39x at batch 1).
+"fixed" attends over every preallocated slot with a mask, so in eager mode it does more work; it is
+the shape a CUDA graph (generate(compile=True)) replays.
+
+Where a decode step's time goes (1 thread, torch.profiler, quiet machine): at 12 x 768 the matrix
+products take 32 of our 38 ms per token and the same 32 of the reference's 39 ms. Decoding one
+token reads every weight once (about 430 MB), so both are bound by memory bandwidth and no eager
+implementation can be much faster than the other. At 4 x 256 the products take 0.83 ms of our
+1.94 ms (reference: 0.95 of 2.67 ms); the rest is per-operator overhead (~600 small aten calls per
+token, ~1 us each) and Python.
 """
 
 from __future__ import annotations
