@@ -329,6 +329,8 @@ def decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_t
         token_in.copy_(token[:, None])
         mask[:, slot] = 1
         write_at.fill_(slot)
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed: reuse their memory
         logits = step_fn(model, token_in, position_in, mask, past)
         position_in += 1
     return ids
