@@ -2,10 +2,15 @@
 
     result = train(model, train_data, eval_data, epochs=3, batch_size=32, lr=5e-5)
     print(result.metrics)                      # e.g. {"loss": 0.41, "accuracy": 0.87, "f1": 0.85}
+    config = TrainConfig(epochs=3, lr=5e-5)    # the same settings as one object
+    result = train(model, train_data, eval_data, config=config, seed=1)  # keywords override its fields
 
 The loop is the textbook recipe for BERT fine-tuning: AdamW, a learning rate that warms up linearly
-and then decays linearly to zero, gradient clipping, optional gradient accumulation, and on a GPU
-bf16 autocast and optional gradient checkpointing. It is seeded, and deterministic on the CPU.
+and then decays linearly to zero, gradient clipping, optional gradient accumulation, mixed precision
+where the hardware has it (``megabert_edu.precision``: bf16 on recent GPUs, fp16 with loss scaling on
+older ones) and optional gradient checkpointing. One optimizer step is ``train_step``; ``train`` is the
+bookkeeping around it (schedule, logging, evaluation, time limit). A non-finite loss or gradient
+stops training before the weights change. It is seeded, and deterministic on the CPU.
 
 The same code runs unchanged on several processes: start it with ``torchrun --nproc_per_node=N``
 and ``train`` joins the process group, wraps the model in DistributedDataParallel and gives each
