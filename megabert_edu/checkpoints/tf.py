@@ -210,7 +210,7 @@ def load_tf_weights(model: torch.nn.Module, prefix: str | os.PathLike, strict: b
         try:
             report.raise_if_failed(f"TF checkpoint {prefix}")
         except CheckpointError as e:
-            raise CheckpointError(f"{e}\n  hint: {hint}" if hint else str(e)) from None
+            raise type(e)(f"{e}\n  hint: {hint}" if hint else str(e)) from None  # keeps CheckpointMismatchError
     return report
 
 
