@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     for source in sources:
         nb = build(source, runtime=None)  # the source is read once: edits during the run wait for the next build
         if not args.no_execute:
-            start = time.perf_counter()
+            start, load = time.perf_counter(), os.getloadavg()[0]  # a busy machine shows in the load average
             execute(nb, args.timeout)
             runtimes[source.stem] = {"seconds": round(time.perf_counter() - start, 1), "cpus": os.cpu_count(),
-                                     "date": time.strftime("%Y-%m-%d")}
+                                     "load_average": round(load, 1), "date": time.strftime("%Y-%m-%d")}
         fill_runtime(nb, runtime_text(runtimes.get(source.stem)))  # the header states this very run
         nbformat.validate(nb)
         nbformat.write(nb, SOLUTIONS / f"{source.stem}.ipynb")

@@ -145,12 +145,12 @@ print(f"before fine-tuning: accuracy {before['accuracy']:.0%} (a random classifi
 
 # %%
 result = train(model, train_data, eval_data, epochs=EPOCHS, batch_size=32, lr=LR, warmup=0.1, seed=SEED,
-               log_every=5, eval_batch_size=128, progress=False)
+               log_every=5, eval_every=10, eval_batch_size=128, progress=False)
 print(f"{result.steps} steps in {result.seconds:.0f} s on {DEVICE}")
 print({k: round(v, 3) for k, v in result.metrics.items()})
 
 # %%
-viz.plot_training_curves(result)  # loss (mean over 5 steps) and learning rate against the step
+viz.plot_training_curves(result, metrics=["accuracy"])  # loss, learning rate and validation accuracy vs step
 plt.show()
 
 # %%
