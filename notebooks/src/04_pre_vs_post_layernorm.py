@@ -297,6 +297,9 @@ for pos in ("post", "pre"):
                "learned neither with nor without warm-up")
     print(f"In this run, {pos}-LN {verdict} (final losses {final[(pos, WARMUP)]:.2f} with, {final[(pos, 0)]:.2f} "
           "without).")
+lower = all(final[("pre", w)] < final[("post", w)] for w in (0, WARMUP))
+print(f"Pre-LN ended {'below' if lower else 'not below'} post-LN with and without warm-up: "
+      f"{'pre-LN trained faster here' if lower else 'no speed advantage for pre-LN here'}.")
 
 # %% [markdown]
 # **What this run shows** is printed above, in words chosen from the numbers. Runs like these are fragile:
