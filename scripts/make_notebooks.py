@@ -264,8 +264,10 @@ def main(argv: list[str] | None = None) -> None:
         took = "" if args.no_execute else f" in {runtimes[source.stem]['seconds']:.0f} s"
         print(f"wrote notebooks/{source.stem}.ipynb and notebooks/solutions/{source.stem}.ipynb{took}")
     if not args.no_execute:
-        RUNTIMES.write_text(json.dumps(dict(sorted(runtimes.items())), indent=1) + "\n")
-        update_readme(runtimes)
+        # Re-read before writing: another build may have finished meanwhile; only this run's entries change.
+        merged = {**load_runtimes(), **{s.stem: runtimes[s.stem] for s in sources}}
+        RUNTIMES.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
+        update_readme(merged)
 
 
 if __name__ == "__main__":
