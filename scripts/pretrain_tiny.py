@@ -1,18 +1,24 @@
 """Pre-train megabert-tiny, our own small pre-LN Megatron-BERT, on the bundled WordNet corpus.
 
     python scripts/pretrain_tiny.py                  # writes megabert_edu/assets/megabert-tiny{,-causal}/
+    python scripts/pretrain_tiny.py --init-from megabert_edu/assets/megabert-tiny --out /tmp/next  # continue
 
-Three stages, all with the library itself:
+Three stages, all with the library itself (its collators, models and ``training.train``):
 
-1. a WordPiece vocabulary (8,000 tokens) learned from the training split of the corpus;
+1. a WordPiece vocabulary (8,000 tokens) learned from the training split of the corpus (or, with
+   --init-from, the vocabulary and weights of an earlier run, trained further);
 2. MegatronBertForPreTraining (pre-LN, 4 layers, hidden 256) trained with masked LM + next sentence
    prediction on (A, B) segment pairs cut from each synset's document;
 3. a causal-LM copy: the same weights loaded into MegatronBertForCausalLM(is_decoder=True) and
-   trained further left-to-right, so the generation notebook has a model that can write.
+   trained further left-to-right on "head words: definition; example; ..." texts, so that a prompt
+   like "griddle:" asks for a definition.
 
-Held-out numbers use the validation split (no validation sentence occurs in training; see
-megabert_edu/data/README.md). The script writes the weights in float16 (the files stay small), then
-re-loads them and measures everything on the re-loaded models, and writes the model card.
+Forward and backward run under bf16 autocast (--no-bf16 for float32); the weights and Adam's state
+stay float32. Held-out numbers use the validation split (no validation sentence occurs in training;
+see megabert_edu/data/README.md). The script writes the weights in float16 (the files stay small),
+then re-loads them and measures everything on the re-loaded models; training_log.json gets the
+arguments, the learning curves (plot-ready under "curves"), the metrics and the example outputs
+that the model card (assets/README.md) quotes.
 """
 
 from __future__ import annotations
@@ -60,6 +66,15 @@ def documents(split: str) -> list[list[str]]:
         head, _, definition = record["sentences"][0].partition(": ")
         docs.append([head, definition, *record["sentences"][1:]])
     return docs
+
+
+def curves(history: list[dict]) -> dict[str, list]:
+    """train()'s history as plot-ready columns: training loss per logged step, held-out metrics per eval."""
+    logged = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval" in h]
+    return {"step": [h["step"] for h in logged], "train_loss": [h["loss"] for h in logged],
+            "lr": [h["lr"] for h in logged], "eval_step": [h["step"] for h in evals],
+            **{f"eval_{k}": [h["eval"][k] for h in evals] for k in (evals[0]["eval"] if evals else {})}}
 
 
 def length_buckets(records: list[dict], tokenizer: WordPieceTokenizer, batch_size: int, seed: int
@@ -246,6 +261,7 @@ def main() -> None:
     written = sample_mlm(model, blanks, m_id, steps=10, temperature=0.8, special_ids=specials,
                          generator=torch.Generator().manual_seed(0))
     log["mask_predict"] = tokenizer.decode(written[0], skip_special_tokens=True)
+    log["curves"] = {"mlm": curves(log["mlm_history"]), "clm": curves(log["clm_history"])}
     log["total_seconds"] = time.perf_counter() - started
     log["hardware"] = (f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), "
                        f"{args.threads} torch thread(s), torch {torch.__version__}")
