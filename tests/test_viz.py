@@ -289,8 +289,8 @@ def test_generation_explorer_matches_generate_with_the_same_settings():
     assert text == tok.decode(direct[0, ids.shape[1]:], skip_special_tokens=True) and text
     assert explorer.generate() == text  # the same seed, the same text
     greedy = explorer.set(greedy=True)
-    assert greedy == tok.decode(generate(model, ids, max_new_tokens=8, eos_token_id=tok.sep_token_id)[0, 3:],
-                                skip_special_tokens=True)
+    greedy_ids = generate(model, ids, max_new_tokens=8, repetition_penalty=1.2, eos_token_id=tok.sep_token_id)
+    assert greedy == tok.decode(greedy_ids[0, 3:], skip_special_tokens=True)  # the penalty set above stays on
     with pytest.raises(ValueError, match=r"unknown generation settings \['temp'\]"):
         explorer.set(temp=1.0)
     with pytest.raises(ValueError, match="explore_generation needs a causal LM"):
