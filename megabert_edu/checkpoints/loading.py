@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..config import MegatronBertConfig
-from .report import LoadReport
+from .report import CheckpointError, LoadReport
 
 BASE_MODULES = ("embeddings", "encoder")  # the encoder's body; everything else (pooler, cls, classifier) is a head
 
@@ -32,6 +32,15 @@ def resolve_config(config: MegatronBertConfig | None, overrides: dict[str, Any],
     resolved = base.copy(**overrides)
     resolved.validate()
     return resolved
+
+
+def check_config_sizes(config: MegatronBertConfig, sizes: dict[str, tuple[int, str]], source: str) -> None:
+    """The config must describe the tensors: ``sizes`` is {field: (value, the tensor that says so)}, as a
+    format reads it from its own names; a disagreement is a CheckpointError naming ``source`` and the field."""
+    for field, (value, name) in sizes.items():
+        if getattr(config, field) != value:
+            raise CheckpointError(f"{source} says {field}={getattr(config, field)}, but the checkpoint has "
+                                  f"{field}={value} ({name})")
 
 
 def build_model(cls: type, config: MegatronBertConfig, state_dict: dict[str, torch.Tensor], *, source: str,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..config import MegatronBertConfig
-from .loading import build_model, resolve_config
+from .loading import build_model, check_config_sizes, resolve_config
 from .report import CheckpointError
 
 # Megatron-LM module (flattened, under "model.")  -> our module; the leaves (.weight, .bias) carry over.
@@ -334,10 +334,7 @@ def _stored_fields(args: Any, sizes: dict[str, tuple[int, str]], path: str) -> d
 
 def _check_config(config: MegatronBertConfig, sizes: dict[str, tuple[int, str]], source: str) -> None:
     """The config must describe the tensors: every shape field, pre-LN, and heads that divide the width."""
-    for field, (value, name) in sizes.items():
-        if getattr(config, field) != value:
-            raise CheckpointError(f"{source} says {field}={getattr(config, field)}, but the checkpoint has "
-                                  f"{field}={value} ({name})")
+    check_config_sizes(config, sizes, source)
     if config.layer_norm_position != "pre":
         raise CheckpointError(f"{source} says layer_norm_position={config.layer_norm_position!r}, but "
                               "Megatron-LM checkpoints are pre-LN ('pre')")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import MegatronBertConfig
-from .loading import load_state_dict, resolve_config
+from .loading import check_config_sizes, load_state_dict, resolve_config
 from .report import CheckpointError, LoadReport
 from .tf_bundle import (
     TFVariable,
@@ -242,10 +242,7 @@ def tf_sizes(variables: Iterable[TFVariable]) -> dict[str, tuple[int, str]]:
 def check_tf_config(config: MegatronBertConfig, variables: Iterable[TFVariable], source: str) -> None:
     """Raise CheckpointError, naming ``source`` and the field, if ``config`` cannot hold these tensors."""
     variables = list(variables)
-    for field, (value, name) in tf_sizes(variables).items():
-        if getattr(config, field) != value:
-            raise CheckpointError(f"{source} says {field}={getattr(config, field)}, but the checkpoint has "
-                                  f"{field}={value} ({name})")
+    check_config_sizes(config, tf_sizes(variables), source)
     query = next((v for v in variables if v.name == _QUERY), None)
     if query is not None and len(query.shape) == 2:
         heads = config.num_attention_heads - len(config.pruned_heads.get(0, []))
