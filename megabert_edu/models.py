@@ -26,7 +26,8 @@ from .heads import (
     MegatronBertPreTrainingHeads,
 )
 from .hooks import HookedMixin
-from .inputs import cached_length, check_encoder_states, check_mask_values, check_positions_and_types, check_tokens
+from .inputs import (cached_length, check_encoder_states, check_mask_values, check_positions_and_types, check_tokens,
+                     checking_values)
 from .losses import causal_lm_loss, choice_loss, sequence_classification_loss, span_loss, token_loss
 from .modeling import MegatronBertEmbeddings, MegatronBertEncoder, MegatronBertPooler
 from .outputs import (
@@ -339,7 +340,7 @@ def additive_attention_mask(attention_mask, B: int, T: int, S: int, causal: bool
             q = torch.arange(S - T, S, device=attention_mask.device)  # query positions follow the cache
             k = torch.arange(S, device=attention_mask.device)
             allowed = (k[None, :] <= q[:, None])[None, None] * attention_mask[:, None, None, :]  # (B, 1, T, S)
-        elif bool(attention_mask.all()):
+        elif checking_values() and bool(attention_mask.all()):  # (compiled: keep the mask, no read-back)
             return None
         else:
             allowed = attention_mask[:, None, None, :]  # (B, 1, 1, S)

@@ -338,3 +338,44 @@ def test_relative_positions_refuse_the_fixed_cache():
     assert torch.equal(generate(model, ids, max_new_tokens=4, cache="static"), generate(model, ids, max_new_tokens=4))
     with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
         generate(model, ids, max_new_tokens=4, cache="fixed")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The compiled decode step (generate(compile=True)): one graph, captured once, the same tokens
+
+
+def test_the_fixed_decode_step_traces_as_one_graph_without_recompiling(pair, monkeypatch):
+    """What CUDA-graph capture needs, checked on a CPU: torch.compile traces the whole fixed-shape step (no
+    graph break: fullgraph=True would raise) and every later step reuses that one graph (no recompile)."""
+    from megabert_edu import generation
+
+    ours, _ = pair
+    graphs = []
+
+    def count_graphs(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward  # run the traced graph as it is
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(generation, "compiled_decode_step",
+                        lambda mode: torch.compile(generation.decode_step, backend=count_graphs, fullgraph=True))
+    ids, mask = left_padded_batch(2)
+    out = generate(ours, ids, attention_mask=mask, max_new_tokens=NEW, compile=True)
+    assert torch.equal(out, generate(ours, ids, attention_mask=mask, max_new_tokens=NEW))
+    assert len(graphs) == 1, f"{len(graphs)} graphs for {NEW - 1} decode steps"
+    torch._dynamo.reset()
+
+
+def test_generate_compiled_with_inductor_matches_the_readable_loop():
+    """The real torch.compile path (inductor, a C++ compiler on a CPU; about 10 s cold for this tiny model)."""
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler (g++); none on PATH")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MegatronBertForCausalLM(tiny_config(is_decoder=True)).eval()
+    ids = torch.randint(5, 99, (2, 5), generator=torch.Generator().manual_seed(4))
+    dynamic = generate(model, ids, max_new_tokens=NEW)
+    assert torch.equal(generate(model, ids, max_new_tokens=NEW, compile=True), dynamic)
+    torch._dynamo.reset()
