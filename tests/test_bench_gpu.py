@@ -33,6 +33,7 @@ NOTEBOOK = '''# %% [markdown]
 # # A tiny notebook
 # %%
 %matplotlib inline
+from IPython.display import display
 import torch
 import megabert_edu as mb
 from megabert_edu.training import train
@@ -54,11 +55,15 @@ def test_notebook_runner_skips_optional_cells_and_reports_training(tmp_path):
     source.parent.mkdir(parents=True)
     source.write_text(NOTEBOOK)
     report = tmp_path / "report.json"
-    # bertviz is installed here; a package of that name that fails to import stands for a machine without it.
-    missing = tmp_path / "without_bertviz" / "bertviz"
-    missing.mkdir(parents=True)
-    (missing / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'bertviz\'", name="bertviz")\n')
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": f"{missing.parent}{os.pathsep}{ROOT}"}
+    # bertviz and IPython are installed here; packages of those names that fail to import stand for a machine
+    # without them (the GPU machine has neither). Without IPython the set-up cell still runs: only its
+    # `from IPython.display import display` line is dropped, and the runner's own `display` prints.
+    missing = tmp_path / "without"
+    for name in ("bertviz", "IPython"):
+        (missing / name).mkdir(parents=True)
+        error = f'ModuleNotFoundError("No module named {name!r}", name={name!r})'
+        (missing / name / "__init__.py").write_text(f"raise {error}\n")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": f"{missing}{os.pathsep}{ROOT}"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebook_source.py"), str(source),
                            "--json", str(report)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -66,7 +71,7 @@ def test_notebook_runner_skips_optional_cells_and_reports_training(tmp_path):
     assert result["error"] is None and result["cells"] == 2
     assert result["skipped"] == ["cell 1 (no bertviz)"]
     assert set(result["metrics"]["result"]) >= {"accuracy", "f1", "loss", "steps"}
-    assert "[notebook] 99_tiny.py: ok" in proc.stdout
+    assert "[notebook] 99_tiny.py: ok" in proc.stdout and "'accuracy'" in proc.stdout  # display(...) printed
     source.write_text(NOTEBOOK.replace("progress=False", "progres=False"))  # a real error fails the notebook
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebook_source.py"), str(source)],
                           capture_output=True, text=True, timeout=300, env=env)
