@@ -27,6 +27,7 @@ MODE=gpu
 BUDGET=${BUDGET:-480}
 OUT=${OUT:-$ROOT/gpu_check_out}
 mkdir -p "$OUT"
+rm -f "$OUT"/*.log "$OUT"/*.json  # the summary reads every log here: none from an earlier run
 START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 say() { echo "[gpu_check $(( SECONDS - START ))s] $*"; }
