@@ -74,6 +74,7 @@ def best_times(runs: dict, repeats: int) -> dict[str, tuple[float, torch.Tensor]
 
 
 CACHES = ("dynamic", "static", "fixed")
+MODES = {c: dict(cache=c) for c in CACHES} | {"compiled": dict(compile=True)}
 
 
 def main() -> None:
@@ -86,30 +87,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--compile", action="store_true",
+                        help="also time generate(compile=True): the fixed-shape step through torch.compile (inductor)")
     args = parser.parse_args()
+    modes = {name: kw for name, kw in MODES.items() if args.compile or name != "compiled"}
     torch.set_num_threads(args.threads)
     ours, ref = build(args)
     print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}; prompt {args.prompt}, "
           f"{args.new} new tokens, greedy, CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"{'batch':>5} " + " ".join(f"{'cache=' + c:>14}" for c in CACHES) + f" {'reference':>10}   tok/s"
-          + "".join(f"  {c + ' x':>10}" for c in CACHES))
+    print(f"{'batch':>5} " + " ".join(f"{m:>10}" for m in modes) + f" {'reference':>10}   tok/s"
+          + "".join(f"  {m + ' x':>11}" for m in modes))
     for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(5, args.vocab, (batch, args.prompt), generator=g)
-        runs = {c: (lambda ids=ids, c=c: ours.generate(ids, max_new_tokens=args.new, cache=c)) for c in CACHES}
+        runs = {m: (lambda ids=ids, kw=kw: ours.generate(ids, max_new_tokens=args.new, **kw)) for m, kw in modes.items()}
         runs["reference"] = lambda ids=ids: ref.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new,
                                                          do_sample=False, pad_token_id=0)
         with torch.inference_mode():
-            for fn in runs.values():
-                fn()  # warm-up
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()  # warm-up (for "compiled": the compilation)
+                if name == "compiled":
+                    print(f"      (batch {batch}: compiling and a first run took {time.perf_counter() - start:.1f} s)")
             best = best_times(runs, args.repeats)
         t_ref, expected = best["reference"]
-        for c in CACHES:
-            assert torch.equal(best[c][1], expected), f"greedy outputs of cache={c!r} differ from the reference"
+        for m in modes:
+            assert torch.equal(best[m][1], expected), f"greedy outputs of {m} differ from the reference"
         n = batch * args.new
-        print(f"{batch:>5} " + " ".join(f"{n / best[c][0]:>14.1f}" for c in CACHES) + f" {n / t_ref:>10.1f}        "
-              + "".join(f"  {t_ref / best[c][0]:>9.2f}x" for c in CACHES))
+        print(f"{batch:>5} " + " ".join(f"{n / best[m][0]:>10.1f}" for m in modes) + f" {n / t_ref:>10.1f}        "
+              + "".join(f"  {t_ref / best[m][0]:>10.2f}x" for m in modes))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@
 # .gpu_minilm/ (WITH_MINILM=1 scripts/prepare_gpu_wheels.sh) and are skipped, saying so, otherwise.
 # A dry run of this path without a GPU: CUDA_VISIBLE_DEVICES= BENCH_ARGS=--smoke PYTHON=<python> scripts/gpu_check.sh
 #
+# With the device tool (one call sends the tracked tree, about 45 MiB, plus the carried paths, 64 MiB in all;
+# ignored files stay on the machine while it is warm, 30 s after a call):
+#   without MiniLM: run(command="PYTHONUNBUFFERED=1 scripts/gpu_check.sh", carry=["wheels"], timeout_s=570)
+#   with MiniLM:    one call per part first, back to back: run(command="true", carry=["wheels",
+#                   ".gpu_minilm/SHA256SUMS"]), then run(command="true", carry=[".gpu_minilm/<part NN>"]) for each
+#                   part but the last, and the last part with the command above. Then give the machine back.
+# $OUT (set there) gets summary.txt and gpu_check_logs.tgz; the summary is also the end of stdout.
+#
 # Environment: BUDGET (seconds, default 480), NOTEBOOKS (space-separated names, default all),
 # PYTHON (default python3), BENCH_ARGS (extra bench_gpu.py arguments, default --compile on a GPU).
 set -uo pipefail
@@ -25,9 +33,9 @@ ROOT=$PWD
 MODE=gpu
 [[ "${1:-}" == "--cpu" ]] && MODE=cpu
 BUDGET=${BUDGET:-480}
-OUT=${OUT:-$ROOT/gpu_check_out}
-mkdir -p "$OUT"
-rm -f "$OUT"/*.log "$OUT"/*.json  # the summary reads every log here: none from an earlier run
+LOGS=${GPU_CHECK_LOGS:-$ROOT/gpu_check_out}  # one log and one JSON report per notebook, the benchmark's too
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log "$LOGS"/*.json  # the summary reads every log here: none from an earlier run
 START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 say() { echo "[gpu_check $(( SECONDS - START ))s] $*"; }
@@ -91,13 +99,13 @@ for nb in $NOTEBOOKS; do
         continue
     fi
     say "running $nb (limit ${limit}s)"
-    timeout "$limit" "$PY" scripts/run_notebook_source.py "$src" --json "$OUT/${nb%.py}.json" \
-        > "$OUT/${nb%.py}.log" 2>&1
+    timeout "$limit" "$PY" scripts/run_notebook_source.py "$src" --json "$LOGS/${nb%.py}.json" \
+        > "$LOGS/${nb%.py}.log" 2>&1
     status=$?
     if (( status == 124 )); then
-        echo "[notebook] $nb: TIMED OUT after ${limit}s" >> "$OUT/${nb%.py}.log"
+        echo "[notebook] $nb: TIMED OUT after ${limit}s" >> "$LOGS/${nb%.py}.log"
     fi
-    grep "^\[notebook\]" "$OUT/${nb%.py}.log" || { echo "[notebook] $nb: FAILED (exit $status)"; tail -20 "$OUT/${nb%.py}.log"; }
+    grep "^\[notebook\]" "$LOGS/${nb%.py}.log" || { echo "[notebook] $nb: FAILED (exit $status)"; tail -20 "$LOGS/${nb%.py}.log"; }
 done
 
 # 3. Benchmark ----------------------------------------------------------------------------------------
@@ -105,15 +113,16 @@ limit=$(( $(left) ))
 (( limit < 30 )) && limit=30
 say "bench_gpu.py $BENCH_ARGS (limit ${limit}s)"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-timeout "$limit" "$PY" benchmarks/bench_gpu.py $BENCH_ARGS --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.log" 2>&1
+timeout "$limit" "$PY" benchmarks/bench_gpu.py $BENCH_ARGS --json "$LOGS/bench_gpu.json" > "$LOGS/bench_gpu.log" 2>&1
 bench_status=$?
-cat "$OUT/bench_gpu.log" | grep -v "^W[0-9]" | tail -30
+cat "$LOGS/bench_gpu.log" | grep -v "^W[0-9]" | tail -30
 
 # 4. Summary ------------------------------------------------------------------------------------------
+{
 echo
 echo "================ summary ($(( SECONDS - START ))s of ${BUDGET}s) ================"
-grep -h "^\[notebook\]" "$OUT"/*.log 2>/dev/null
-"$PY" - "$OUT/bench_gpu.json" "$bench_status" <<'EOF'
+grep -h "^\[notebook\]" "$LOGS"/*.log 2>/dev/null
+"$PY" - "$LOGS/bench_gpu.json" "$bench_status" <<'EOF'
 import json, sys
 path, status = sys.argv[1], int(sys.argv[2])
 try:
@@ -123,11 +132,13 @@ except (OSError, ValueError):
 print(f"[bench] {r['device']}, torch {r['torch']}, {r['precision']}")
 t = r.get("training")
 if t:
-    mfu = lambda m: "n/a" if m is None else f"{100 * m:.1f}%"
-    print(f"[bench] fine-tune step {t['batch']}x{t['seq']}: ours {t['ours']['sequences_per_s']:.1f} seq/s "
-          f"MFU {mfu(t['ours']['mfu'])} mem {t['ours']['peak_memory_gib']} GiB | reference "
-          f"{t['reference']['sequences_per_s']:.1f} seq/s MFU {mfu(t['reference']['mfu'])} | {t['speedup']:.2f}x "
-          f"(peak {t['peak_tflops']} TFLOP/s, {t['peak_source']})")
+    na = lambda x, f="{:.1f}": "n/a" if x is None else f.format(x)
+    o, ref = t["ours"], t["reference"]
+    print(f"[bench] fine-tune step {t['batch']}x{t['seq']}: ours {o['sequences_per_s']:.1f} seq/s "
+          f"MFU {na(o['mfu'], '{:.1%}')} peak memory {na(o['peak_memory_gib'], '{:.2f} GiB')} | reference "
+          f"{ref['sequences_per_s']:.1f} seq/s MFU {na(ref['mfu'], '{:.1%}')} peak memory "
+          f"{na(ref['peak_memory_gib'], '{:.2f} GiB')} | {t['speedup']:.2f}x "
+          f"(peak {na(t['peak_tflops'], '{:.0f} TFLOP/s')}, {t['peak_source']})")
 for row in r.get("inference", []):
     print(f"[bench] inference b{row['batch']} s{row['seq']}: {row['ours_sequences_per_s']:.1f} seq/s, "
           f"{row['speedup']:.2f}x the reference")
@@ -137,3 +148,10 @@ for row in r.get("generation", []):
           f"{row['reference_tokens_per_s']:.1f} tok/s; " + "; ".join(
               f"{m} {row[m + '_tokens_per_s']:.1f} tok/s ({row[m + '_speedup']:.2f}x)" for m in modes))
 EOF
+} | tee "$LOGS/summary.txt"
+
+# On the device tool's machine, $OUT is a folder whose files (8 at most) come back: the summary and one
+# archive of every log.
+if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
+    cp "$LOGS/summary.txt" "$OUT/" && tar czf "$OUT/gpu_check_logs.tgz" -C "$LOGS" .
+fi
