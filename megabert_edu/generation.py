@@ -145,7 +145,11 @@ class StaticCache:
         param = next(model.parameters())
         device = param.device
         # Under autocast the keys and values come out in the autocast dtype, not the weights'.
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
+        try:
+            autocast = torch.is_autocast_enabled(device.type)
+        except RuntimeError:  # a device type with no autocast (e.g. "meta", for sizing a cache)
+            autocast = False
+        dtype = torch.get_autocast_dtype(device.type) if autocast else param.dtype
         self.max_len = max_len
         self.buffers = []
         for layer in model.bert.encoder.layer:
@@ -281,7 +285,7 @@ def decode(model, input_ids, attention_mask, max_new_tokens, choose, eos_token_i
         if padded:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
         new = token[:, None]  # (B, 1): only the newest token goes through the model next step
-        if bool(finished.all()):
+        if eos_token_id is not None and bool(finished.all()):  # (a read-back: only when rows can finish)
             break
     return ids
 
@@ -324,7 +328,7 @@ def decode_fixed(model, input_ids, attention_mask, max_new_tokens, choose, eos_t
             token = token.masked_fill(finished, pad_token_id)
             finished |= token == eos_token_id
         ids = torch.cat([ids, token[:, None]], dim=1)
-        if step == max_new_tokens - 1 or bool(finished.all()):
+        if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
             break
         slot = T + step  # the slot the token just chosen occupies
         token_in.copy_(token[:, None])

@@ -321,6 +321,14 @@ def test_static_cache_writes_in_place():
     assert [b.shape for b, _ in cache.buffers] == [(2, 4, 10, 8)] * 3
 
 
+def test_static_cache_sizes_on_the_meta_device():
+    """A cache for a model built on the meta device (sizing without memory): meta buffers of the right shape."""
+    with torch.device("meta"):
+        model = MegatronBertForCausalLM(tiny_config(is_decoder=True))
+    cache = StaticCache(model, batch=2, max_len=10)
+    assert all(k.is_meta and k.shape == (2, 4, 10, 8) and k.dtype == torch.float32 for k, _ in cache.buffers)
+
+
 def test_static_cache_on_a_pruned_model_matches_dynamic():
     torch.manual_seed(0)
     model = MegatronBertForCausalLM(tiny_config(is_decoder=True)).eval()
