@@ -86,6 +86,11 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[..., :T] if torch.is_tensor(v) and v.shape == mask.shape else v for k, v in batch.items()}
 
 
+def batch_length(batch: dict) -> int:
+    """The number of examples in a batch dict: the first dimension of its tensors."""
+    return len(next(v for v in batch.values() if torch.is_tensor(v)))
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -227,6 +232,13 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0  # steps dropped for a non-finite loss or gradient (on_nan="skip")
     precision: str = "fp32"  # what choose_precision picked, and why
+    examples: int = 0  # training examples processed, all processes together
+    eval_seconds: float = 0.0  # the part of `seconds` spent in evaluations during training (eval_every)
+
+    @property
+    def examples_per_second(self) -> float:
+        """Training throughput: examples over the seconds spent training, evaluations excluded."""
+        return self.examples / max(self.seconds - self.eval_seconds, 1e-9)
 
 
 @dataclass
@@ -378,6 +390,7 @@ def train(model: nn.Module, train_data, eval_data=None, config: TrainConfig | No
         step = result.steps + 1
         outcome = train_step(t, micro_batches, step)
         result.steps = step
+        result.examples += world * sum(batch_length(b) for b in micro_batches)
         bar.update(1)
         if outcome.skipped:
             result.skipped_steps += 1
@@ -390,7 +403,9 @@ def train(model: nn.Module, train_data, eval_data=None, config: TrainConfig | No
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             logged_losses = []
         if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+            eval_start = time.perf_counter()
             result.history.append({"step": step, "eval": evaluate_now()})
+            result.eval_seconds += time.perf_counter() - eval_start
             model.train()
         out_of_time = cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds
         if step >= total_steps or out_of_time:

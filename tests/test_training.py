@@ -120,6 +120,16 @@ def test_max_steps_and_schedule():
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
 
 
+def test_train_counts_examples_and_times_evaluation_apart():
+    data, held_out = toy_classification(60), toy_classification(32, seed=1)  # batches of 8: 7 full, 1 of 4
+    result = run(classifier(), data, eval_data=held_out, epochs=2, eval_every=5)  # evaluates at steps 5, 10, 15
+    assert result.steps == 16 and result.examples == 2 * 60
+    assert 0 < result.eval_seconds < result.seconds
+    assert result.examples_per_second == pytest.approx(120 / (result.seconds - result.eval_seconds))
+    accumulated = run(classifier(), data, batch_size=4, grad_accum_steps=2, max_steps=3)
+    assert accumulated.examples == 3 * 2 * 4 and accumulated.eval_seconds == 0.0
+
+
 DDP_WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     sys.path.insert(0, {tests!r})

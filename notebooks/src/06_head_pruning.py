@@ -30,8 +30,8 @@
 # %% [markdown]
 # ## Parameters
 #
-# On a GPU, nothing to edit: the model is fine-tuned on the full training split and the metric measured on
-# the whole validation split, which makes the importance ranking more reliable.
+# On a GPU, nothing to edit: the model is fine-tuned on the full training split, in batches four times larger,
+# and the metric measured on the whole validation split, which makes the importance ranking more reliable.
 
 # %%
 import os
@@ -42,8 +42,10 @@ import torch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     N_TRAIN, N_SCORE, N_TUNE, N_EVAL = 480, 128, 256, 1000  # fine-tune / importance / pruning loop / report
+    BATCH, LR = 16, 2e-4  # fine-tuning: 30 steps
 else:
     N_TRAIN, N_SCORE, N_TUNE, N_EVAL = None, 2048, 1000, None  # None = the whole split
+    BATCH, LR = 64, 2e-4  # one epoch of 37,655 examples in 589 steps; the CPU's rate at 4x its batch (cautious)
 THRESHOLD = 0.9  # keep pruning while exact match stays >= 90% of the unpruned model's
 RANDOM_DRAWS = 5  # random head sets per comparison
 SEED = 0
@@ -100,8 +102,11 @@ eval_data = by_length(encode_qa(validation[N_TUNE:N_TUNE + N_EVAL if N_EVAL else
 # below is an exact comparison.
 REPORT_PRECISION = choose_precision(DEVICE, cpu_bf16=True)
 print("report-set precision:", REPORT_PRECISION.reason)
-model = MegatronBertForQuestionAnswering.from_pretrained(MINILM)
-result = train(model, train_data, epochs=1, batch_size=16, lr=2e-4, seed=SEED, progress=False)
+model = MegatronBertForQuestionAnswering.from_pretrained(MINILM).to(DEVICE)
+if DEVICE == "cuda":
+    torch.cuda.reset_peak_memory_stats()  # from here, max_memory_allocated is this training's high-water mark
+result = train(model, train_data, epochs=1, batch_size=BATCH, lr=LR, seed=SEED, progress=False)
+peak_memory = f"{torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB" if DEVICE == "cuda" else "n/a on CPU"
 model.eval()
 
 
@@ -120,8 +125,9 @@ batches = [trim_padding({k: v[i:i + 32].to(DEVICE) for k, v in train_data.items(
 base_metric = exact_match(model)
 L, NH = model.config.num_hidden_layers, model.config.num_attention_heads
 n_eval = len(eval_data["input_ids"])
-print(f"fine-tuned for {result.steps} steps in {result.seconds:.0f} s: exact match {base_metric:.1%} "
-      f"on {n_eval} report examples (one standard error ≈ {(base_metric * (1 - base_metric) / n_eval) ** 0.5:.1%})")
+print(f"fine-tuned for {result.steps} steps of {BATCH} in {result.seconds:.0f} s ({result.examples_per_second:.0f} "
+      f"examples/s; peak memory allocated: {peak_memory}): exact match {base_metric:.1%} on {n_eval} report "
+      f"examples (one standard error ≈ {(base_metric * (1 - base_metric) / n_eval) ** 0.5:.1%})")
 
 # %% [markdown]
 # ## 2. Ablating a head: hook or `head_mask`, same thing
