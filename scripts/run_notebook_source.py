@@ -85,10 +85,11 @@ def run(path: Path) -> dict:
 
 
 def train_results(namespace: dict) -> dict:
-    """The metrics, steps and time of every megabert_edu TrainResult left in the notebook's namespace."""
+    """The metrics, steps, time and examples/s of every megabert_edu TrainResult left in the notebook's namespace."""
     from megabert_edu.training import TrainResult  # after the notebook ran: its imports set up the package
 
-    return {name: {**value.metrics, "steps": value.steps, "train_seconds": round(value.seconds, 1)}
+    return {name: {**value.metrics, "steps": value.steps, "train_seconds": round(value.seconds, 1),
+                   "examples_per_s": round(value.examples_per_second, 1)}
             for name, value in namespace.items() if isinstance(value, TrainResult)}
 
 

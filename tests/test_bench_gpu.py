@@ -70,7 +70,7 @@ def test_notebook_runner_skips_optional_cells_and_reports_training(tmp_path):
     result = json.loads(report.read_text())
     assert result["error"] is None and result["cells"] == 2
     assert result["skipped"] == ["cell 1 (no bertviz)"]
-    assert set(result["metrics"]["result"]) >= {"accuracy", "f1", "loss", "steps"}
+    assert set(result["metrics"]["result"]) >= {"accuracy", "f1", "loss", "steps", "examples_per_s"}
     assert "[notebook] 99_tiny.py: ok" in proc.stdout and "'accuracy'" in proc.stdout  # display(...) printed
     source.write_text(NOTEBOOK.replace("progress=False", "progres=False"))  # a real error fails the notebook
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebook_source.py"), str(source)],
