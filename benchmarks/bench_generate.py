@@ -2,11 +2,14 @@
 
     python benchmarks/bench_generate.py                     # 12 layers, hidden 768 (BERT-base size)
     python benchmarks/bench_generate.py --layers 4 --hidden 256 --threads 2
+    python benchmarks/bench_generate.py --compile           # also generate(compile=True), its compile time apart
 
 Both models hold identical random weights (the outputs are checked to be identical too), decode
 greedily with a KV cache from a prompt of --prompt tokens, and we report new tokens per second
 (batch x new tokens / wall time; best of --repeats, the runs alternating) for each of our cache
-modes (generate(cache="dynamic" | "static" | "fixed")) and for transformers' generate.
+modes (generate(cache="dynamic" | "static" | "fixed"), and compile=True with --compile) and for
+transformers' generate. benchmarks/README.md has the latest figures (the compiled step: 1.48x the
+reference at 4 x 256, batch 1, against 1.20x for the dynamic cache, on 2026-11-30).
 
 Quiet machine, before the static cache (2 threads, prompt 16, 64 new tokens):
 
@@ -101,7 +104,8 @@ def main() -> None:
     for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(5, args.vocab, (batch, args.prompt), generator=g)
-        runs = {m: (lambda ids=ids, kw=kw: ours.generate(ids, max_new_tokens=args.new, **kw)) for m, kw in modes.items()}
+        runs = {m: (lambda ids=ids, kw=kw: ours.generate(ids, max_new_tokens=args.new, **kw))
+                for m, kw in modes.items()}
         runs["reference"] = lambda ids=ids: ref.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new,
                                                          do_sample=False, pad_token_id=0)
         with torch.inference_mode():
