@@ -20,7 +20,8 @@ def checking_values() -> bool:
     """Whether to run the checks that read tensor values back to Python (a min/max, a pass over a mask).
 
     Not while torch.compile traces: each read would split the graph (and a CUDA graph cannot hold it).
-    The compiled code in this library is generate's decode step, whose inputs generate checked itself.
+    The compiled code in this library is generate's decode step, whose inputs generate checked itself; a
+    model you compile yourself skips them too (shapes and types are still checked), as transformers' do.
     """
     return not _is_compiling()
 
