@@ -122,6 +122,8 @@ cat "$LOGS/bench_gpu.log" | grep -v "^W[0-9]" | tail -30
 echo
 echo "================ summary ($(( SECONDS - START ))s of ${BUDGET}s) ================"
 grep -h "^\[notebook\]" "$LOGS"/*.log 2>/dev/null
+# 07 compares the greedy tokens of every decode mode (fp32) on the device it ran on
+grep -h "^same greedy tokens" "$LOGS"/07_generation.log 2>/dev/null | sed 's/^/[tokens] 07: /'
 "$PY" - "$LOGS/bench_gpu.json" "$bench_status" <<'EOF'
 import json, sys
 path, status = sys.argv[1], int(sys.argv[2])
